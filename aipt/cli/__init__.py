@@ -1,0 +1,37 @@
+"""The `aipt` command: one entry point for operators, deploys and development."""
+
+from __future__ import annotations
+
+import typer
+
+from aipt.cli import common
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks on errors.")) -> None:
+    common.state["verbose"] = verbose
+
+
+@app.command()
+def migrate() -> None:
+    """Apply new files of schema/ in order (once each, under an advisory lock)."""
+    from aipt import migrate as migrations
+
+    async def main() -> None:
+        async with common.connection() as conn:
+            try:
+                applied = await migrations.migrate(conn)
+            except migrations.MigrationError as exc:
+                raise common.CommandError(str(exc)) from None
+        common.console.print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+
+    common.run(main)
+
+
+# Command groups, one module each (each line: import the module, add its Typer app).
+
+
+def main() -> None:
+    app()

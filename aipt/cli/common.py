@@ -1,0 +1,81 @@
+"""What every command shares: settings, a database connection, output, and one error funnel."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aipt import db, logs, settings
+
+T = TypeVar("T")
+
+console = Console()
+err_console = Console(stderr=True)
+state = {"verbose": False}
+
+
+class CommandError(Exception):
+    """The command cannot do what was asked; the message says why."""
+
+
+def load_settings() -> settings.Settings:
+    s = settings.get()
+    logs.configure(s.log_format, s.log_level)
+    return s
+
+
+@asynccontextmanager
+async def connection():
+    s = load_settings()
+    conn = await db.connect(s)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def run(main: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine; known failures print one line and exit 1 (tracebacks only with -v)."""
+    try:
+        return asyncio.run(main())
+    except (CommandError, settings.ConfigError, db.DatabaseError, Exception) as exc:
+        if isinstance(exc, (typer.Exit, typer.Abort, KeyboardInterrupt)):
+            raise
+        if state["verbose"]:
+            raise
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    return str(value) if not isinstance(value, (int, float, bool, str, list, dict, type(None))) else value
+
+
+def emit(rows: Iterable[Mapping[str, Any]], as_json: bool, title: str | None = None) -> None:
+    """Print rows as a rich table, or as JSON lines' worth of one JSON array for scripts."""
+    rows = [dict(r) for r in rows]
+    if as_json:
+        sys.stdout.write(json.dumps([{k: _plain(v) for k, v in r.items()} for r in rows], indent=2) + "\n")
+        return
+    if not rows:
+        console.print("(none)")
+        return
+    table = Table(title=title)
+    for key in rows[0]:
+        table.add_column(key)
+    for r in rows:
+        table.add_row(*("" if v is None else str(_plain(v)) for v in r.values()))
+    console.print(table)
