@@ -1,0 +1,51 @@
+-- insert_event --
+-- Store an accepted webhook; no row back means Stripe redelivered one we have.
+insert into public.stripe_events (event_id, event_type, api_version, created, livemode, payload)
+values ($1, $2, $3, $4, $5, $6::jsonb)
+on conflict (event_id) do nothing
+returning event_id
+
+-- consume_due_event --
+-- Apply the event if it is due (pending, or a retry whose time has come); no row when it is not.
+select e.event_type, coalesce(f.failure_count, 0) + 1 as attempt,
+       public.consume_stripe_event(p_event_id => e.event_id, p_event_type => e.event_type, p_payload => e.payload) as outcome
+from public.stripe_events e
+left join public.webhook_failures f on f.event_id = e.event_id
+where e.event_id = $1
+  and (e.status = 'pending' or (e.status = 'error' and f.next_retry <= now()))
+
+-- record_failure --
+-- Count a failed attempt; returns attempt, next_retry, dead.
+select attempt, next_retry, dead
+from public.record_stripe_event_failure(
+  p_event_id => $1, p_error => $2, p_error_code => $3, p_permanent => $4,
+  p_max_attempts => $5, p_base_seconds => $6, p_factor => $7, p_cap_seconds => $8)
+
+-- event_attempt --
+-- The attempt number the next run of an event will be.
+select coalesce(f.failure_count, 0) + 1 as attempt, e.event_type
+from public.stripe_events e
+left join public.webhook_failures f on f.event_id = e.event_id
+where e.event_id = $1
+
+-- due_events --
+-- What the sweeper enqueues: pending rows older than the grace period, and retries now due.
+(select e.event_id, 1 as attempt
+   from public.stripe_events e
+  where e.status = 'pending' and e.received_at < now() - make_interval(secs => $1)
+  order by e.received_at
+  limit $2)
+union all
+(select f.event_id, f.failure_count + 1 as attempt
+   from public.webhook_failures f
+  where f.next_retry <= now()
+  order by f.next_retry
+  limit $2)
+
+-- ping --
+-- Readiness: the database answers.
+select 1
+
+-- claim_dead_alert --
+-- The details of a death to announce; no row when it was announced already.
+select event_type, attempts, error_message, dead_count from public.claim_dead_alert(p_event_id => $1)

@@ -10,7 +10,7 @@ import functools
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 PINNED = ("database_url", "redis_url", "stripe_webhook_secret", "port", "alert_webhook_url", "log_format")
@@ -49,6 +49,7 @@ class Queue(BaseModel):
     job_timeout_seconds: float = Field(gt=0)
     poll_delay_seconds: float = Field(gt=0)
     health_check_seconds: float = Field(gt=0, le=60)
+    shutdown_grace_seconds: int = Field(ge=0)
 
 
 class Retry(BaseModel):
@@ -62,6 +63,18 @@ class Sweeper(BaseModel):
     every_seconds: int = Field(gt=0)
     pending_after_seconds: float = Field(ge=0)
     batch_size: int = Field(gt=0)
+
+    @field_validator("every_seconds")
+    @classmethod
+    def _fits_a_clock(cls, v: int) -> int:
+        if not (60 % v == 0 or (v % 60 == 0 and 3600 % v == 0)):
+            raise ValueError("must divide 60, or be a whole number of minutes dividing an hour")
+        return v
+
+
+class Alerts(BaseModel):
+    dead_threshold: int = Field(ge=1)
+    timeout_seconds: float = Field(gt=0)
 
 
 def _pinned(name: str) -> AliasChoices:
@@ -90,6 +103,7 @@ class Settings(BaseSettings):
     queue: Queue
     retry: Retry
     sweeper: Sweeper
+    alerts: Alerts
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):

@@ -78,3 +78,116 @@ async def pool(db_url):
     p = await asyncpg.create_pool(db_url, min_size=1, max_size=10)
     yield p
     await p.close()
+
+
+# --- services: settings, signing, the app, the worker ------------------------------------------
+
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from urllib.parse import urlsplit as _split  # noqa: E402
+
+import httpx  # noqa: E402
+import stripe  # noqa: E402
+from aipt import queue  # noqa: E402
+
+from aipt import settings as settings_mod  # noqa: E402
+from tests.proxy import Proxy  # noqa: E402
+
+SECRET = "whsec_test_primary"
+OTHER_SECRET = "whsec_test_rotated"
+
+
+def make_settings(db_url: str, redis_url: str = TEST_REDIS_URL, **sections) -> settings_mod.Settings:
+    """Settings for one test: its own database, its own queue name, fast retries unless told otherwise."""
+    base = settings_mod.load()
+    update = dict(
+        database_url=db_url,
+        redis_url=redis_url,
+        stripe_webhook_secret=f"{SECRET},{OTHER_SECRET}",
+        log_format="console",
+        queue=base.queue.model_copy(update=dict(name=f"aipt:test:{uuid.uuid4().hex[:8]}", poll_delay_seconds=0.01)),
+        retry=base.retry.model_copy(update=dict(base_seconds=0.05, cap_seconds=0.2)),
+        sweeper=base.sweeper.model_copy(update=dict(pending_after_seconds=0)),
+    )
+    for name, values in sections.items():
+        current = update.get(name, getattr(base, name))
+        update[name] = current.model_copy(update=values) if isinstance(values, dict) else values
+    return base.model_copy(update=update)
+
+
+def sign(body: str, secret: str = SECRET, timestamp: int | None = None) -> str:
+    return stripe.WebhookSignature.generate_signature_header(body, secret, timestamp=timestamp)
+
+
+@pytest.fixture
+def settings(db_url):
+    return make_settings(db_url)
+
+
+@pytest.fixture
+async def redis(settings):
+    r = queue.connect(settings)
+    yield r
+    await r.delete(settings.queue.name, settings.queue.name + ":health-check")
+    await queue.close(r)
+
+
+@pytest.fixture
+async def client(settings):
+    """The real ASGI app (lifespan included) on real Postgres and Redis."""
+    from ingest.app import create_app
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as c:
+            yield c
+
+
+async def post_event(client: httpx.AsyncClient, event: dict | str, secret: str = SECRET, timestamp: int | None = None):
+    body = event if isinstance(event, str) else json.dumps(event)
+    return await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": sign(body, secret, timestamp)})
+
+
+async def run_worker(settings: settings_mod.Settings, **overrides) -> None:
+    """Process everything queued now (arq burst mode), then return."""
+    from worker.main import build
+
+    w = build(settings, burst=True, handle_signals=False, **overrides)
+    try:
+        await w.main()
+    finally:
+        await w.close()
+
+
+async def wait_for(predicate, timeout: float = 10, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def pg_proxy():
+    parts = _split(ADMIN_URL)
+    p = await Proxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def redis_proxy():
+    parts = _split(TEST_REDIS_URL)
+    p = await Proxy(parts.hostname or "127.0.0.1", parts.port or 6379).start()
+    yield p
+    await p.close()
+
+
+def through(url: str, proxy: Proxy) -> str:
+    parts = _split(url)
+    return parts._replace(netloc=f"{parts.username + '@' if parts.username else ''}127.0.0.1:{proxy.port}").geturl()

@@ -1,0 +1,49 @@
+"""Telling a human: one error log line, and a Slack-compatible POST when ALERT_WEBHOOK_URL is set.
+
+Posting never blocks event processing: it runs as its own task, retried with tenacity, and a
+receiver that stays down costs one logged error, not an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
+
+from aipt.logs import log
+from aipt.settings import Settings
+
+_tasks: set[asyncio.Task] = set()
+
+
+async def post(settings: Settings, text: str) -> bool:
+    """POST {"text": text} to the alert webhook; True when it was delivered."""
+    if not settings.alert_webhook_url:
+        return False
+    try:
+        async with httpx.AsyncClient(timeout=settings.alerts.timeout_seconds) as client:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(3), wait=wait_exponential(multiplier=0.2, max=2), reraise=True
+            ):
+                with attempt:
+                    response = await client.post(settings.alert_webhook_url, json={"text": text})
+                    response.raise_for_status()
+        return True
+    except Exception as exc:  # noqa: BLE001 - an alert that cannot be sent must not stop the caller
+        log.error("alert not delivered", error=str(exc) or type(exc).__name__, alert=text)
+        return False
+
+
+def send(settings: Settings, text: str) -> asyncio.Task:
+    """Fire and forget (the task is kept referenced until it ends)."""
+    task = asyncio.get_running_loop().create_task(post(settings, text))
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+    return task
+
+
+async def drain(timeout: float = 5) -> None:
+    """Let alerts in flight finish (on shutdown)."""
+    if _tasks:
+        await asyncio.wait(set(_tasks), timeout=timeout)

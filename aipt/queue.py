@@ -1,0 +1,46 @@
+"""The doorbell: everything that knows about arq and Redis lives here, so the queue can be swapped.
+
+Postgres holds the events; a job only says "look at event X now". Job ids are derived from the event
+id and the attempt number, so the same ring twice is one job, while a retry is a new one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from arq.connections import ArqRedis, RedisSettings
+from redis.asyncio import ConnectionPool
+
+from aipt.settings import Settings
+
+CONSUME = "consume_event"
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    settings.require("redis_url")
+    return RedisSettings.from_dsn(settings.redis_url)
+
+
+def connect(settings: Settings) -> ArqRedis:
+    """A lazy client: it connects on first use, so a Redis outage never blocks start-up."""
+    settings.require("redis_url")
+    pool = ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    return ArqRedis(pool, default_queue_name=settings.queue.name)
+
+
+def job_id(event_id: str, attempt: int) -> str:
+    return f"stripe:{event_id}:{attempt}"
+
+
+async def enqueue_event(redis: ArqRedis, event_id: str, attempt: int = 1, at: dt.datetime | None = None) -> bool:
+    """Ring for one attempt of an event; False when that attempt is already queued."""
+    job = await redis.enqueue_job(CONSUME, event_id, _job_id=job_id(event_id, attempt), _defer_until=at)
+    return job is not None
+
+
+async def queue_depth(redis: ArqRedis) -> int:
+    return await redis.zcard(redis.default_queue_name)
+
+
+async def close(redis: ArqRedis) -> None:
+    await redis.aclose(close_connection_pool=True)

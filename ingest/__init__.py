@@ -1,0 +1,1 @@
+"""Receives Stripe webhooks: verify, store durably, ring the queue. Nothing else."""

@@ -1,0 +1,137 @@
+"""POST /webhooks/stripe on the real app, real Postgres and real Redis."""
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from aipt import fixtures, queue
+from ingest.app import create_app
+from tests.conftest import OTHER_SECRET, make_settings, post_event, sign, through
+
+import httpx
+
+ALL_FIXTURES = [("current", t) for t in fixtures.types()] + [
+    ("legacy", p.stem) for p in sorted(fixtures.LEGACY.glob("*.json"))
+]
+
+
+async def stored(conn) -> list[str]:
+    return [r["event_id"] for r in await conn.fetch("select event_id from public.stripe_events order by event_id")]
+
+
+@pytest.mark.parametrize(("api", "name"), ALL_FIXTURES)
+async def test_every_fixture_is_stored_pending_and_enqueued(client, conn, redis, api, name):
+    event = fixtures.load(name, api)
+    r = await post_event(client, event)
+    assert r.status_code == 200 and r.json() == {"received": True, "duplicate": False}
+    row = await conn.fetchrow("select * from public.stripe_events where event_id = $1", event["id"])
+    assert row["status"] == "pending" and row["event_type"] == event["type"]
+    assert json.loads(row["payload"]) == event
+    assert await redis.exists("arq:job:" + queue.job_id(event["id"], 1))
+
+
+async def test_redelivery_is_acknowledged_as_duplicate(client, conn):
+    event = fixtures.load("payment_intent.succeeded")
+    first, second = await post_event(client, event), await post_event(client, event)
+    assert first.json()["duplicate"] is False and second.json() == {"received": True, "duplicate": True}
+    assert await stored(conn) == [event["id"]]
+
+
+async def test_five_concurrent_deliveries_store_one_row(client, conn):
+    event = fixtures.load("checkout.session.completed")
+    answers = await asyncio.gather(*(post_event(client, event) for _ in range(5)))
+    assert [a.status_code for a in answers] == [200] * 5
+    assert sorted(a.json()["duplicate"] for a in answers) == [False, True, True, True, True]
+    assert await stored(conn) == [event["id"]]
+
+
+async def test_a_rotated_secret_is_accepted(client, conn):
+    event = fixtures.load("invoice.payment_failed")
+    assert (await post_event(client, event, secret=OTHER_SECRET)).status_code == 200
+    assert await stored(conn) == [event["id"]]
+
+
+async def test_unknown_event_types_are_stored_and_acknowledged(client, conn):
+    event = fixtures.load("invoice_paid", "legacy")  # invoice.paid: not a type we apply
+    assert (await post_event(client, event)).status_code == 200
+    assert await stored(conn) == [event["id"]]
+
+
+BODY = json.dumps(fixtures.load("checkout.session.completed"))
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "message"),
+    [
+        (BODY, {}, "missing Stripe-Signature"),
+        (BODY, {"Stripe-Signature": "t=1,v1=deadbeef"}, "no valid signature"),
+        (BODY, {"Stripe-Signature": sign(BODY, "whsec_unknown")}, "no valid signature"),
+        (BODY, {"Stripe-Signature": sign(BODY, timestamp=int(time.time()) - 600)}, "tolerance"),
+        ("not json", {"Stripe-Signature": sign("not json")}, "not JSON"),
+        ('{"a": 1}', {"Stripe-Signature": sign('{"a": 1}')}, "not a Stripe event"),
+        (
+            json.dumps({"id": "evt_1", "object": "v2.core.event", "type": "x", "related_object": {}}),
+            {"Stripe-Signature": sign(json.dumps({"id": "evt_1", "object": "v2.core.event", "type": "x", "related_object": {}}))},
+            "thin",
+        ),
+    ],
+)
+async def test_bad_requests_get_400_and_store_nothing(client, conn, body, headers, message):
+    r = await client.post("/webhooks/stripe", content=body, headers=headers)
+    assert r.status_code == 400 and message in r.json()["error"]
+    assert await stored(conn) == []
+
+
+async def test_json_postgres_cannot_hold_is_400_not_503(client, conn):
+    event = fixtures.load("payment_intent.succeeded")
+    event["data"]["object"]["description"] = "nul \u0000 byte"
+    r = await post_event(client, event)
+    assert r.status_code == 400 and "cannot be stored" in r.json()["error"]
+    assert await stored(conn) == []
+
+
+async def test_oversized_body_is_413(db_url, conn):
+    s = make_settings(db_url, web={"body_limit_bytes": 2048})
+    event = fixtures.load("checkout.session.completed")  # about 3 KB
+    app = create_app(s)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as c:
+            r = await post_event(c, event)
+            assert r.status_code == 413 and "2048" in r.json()["error"]
+            # Chunked upload without Content-Length is cut off too.
+            body = json.dumps(event).encode()
+
+            async def chunks():
+                for i in range(0, len(body), 512):
+                    yield body[i : i + 512]
+
+            r = await c.post("/webhooks/stripe", content=chunks(), headers={"Stripe-Signature": sign(body.decode())})
+            assert r.status_code == 413
+    assert await stored(conn) == []
+
+
+async def test_postgres_down_is_503_then_heals(db_url, conn, pg_proxy):
+    s = make_settings(through(db_url, pg_proxy))
+    app = create_app(s)
+    event = fixtures.load("checkout.session.completed")
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as c:
+            assert (await post_event(c, fixtures.load("payment_intent.succeeded"))).status_code == 200
+            pg_proxy.cut()
+            r = await post_event(c, event)
+            assert r.status_code == 503 and "retry later" in r.json()["error"]
+            ready = await c.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["postgres"].startswith("down")
+            assert event["id"] not in await stored(conn)
+            pg_proxy.restore()
+            assert (await post_event(c, event)).status_code == 200
+            assert (await c.get("/readyz")).status_code == 200
+    assert event["id"] in await stored(conn)
+
+
+async def test_health_and_readiness(client):
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"postgres": "ok", "redis": "ok"}

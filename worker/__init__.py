@@ -1,0 +1,1 @@
+"""Applies stored Stripe events, retries failures, and runs the scheduled jobs."""

@@ -1,0 +1,55 @@
+"""arq worker settings: the consume job, the crons, and the resources they share.
+
+Built from our settings at start-up (arq reads a plain settings object), with arq's own retry and
+result bookkeeping turned down: Postgres counts attempts, and a kept result would block requeues.
+"""
+
+from __future__ import annotations
+
+from arq import func
+from arq.worker import Worker
+
+from aipt import alerts, db, logs, queue
+from aipt.logs import log
+from aipt.settings import Settings
+from worker import sweeper
+from worker.consume import consume_event
+
+
+def build(settings: Settings, **overrides) -> Worker:
+    settings.require("database_url", "redis_url")
+
+    async def startup(ctx: dict) -> None:
+        ctx["settings"] = settings
+        # min_size=0: a worker starts while Postgres is down and heals when it is back.
+        ctx["pool"] = await db.create_pool(settings, min_size=0)
+        log.info("worker started", queue=settings.queue.name, max_jobs=settings.queue.max_jobs)
+
+    async def shutdown(ctx: dict) -> None:
+        await alerts.drain()
+        if "pool" in ctx:
+            await ctx["pool"].close()
+        log.info("worker stopped")
+
+    options = dict(
+        functions=[func(consume_event, name=queue.CONSUME, max_tries=1000)],
+        cron_jobs=[sweeper.schedule(settings)],
+        on_startup=startup,
+        on_shutdown=shutdown,
+        redis_settings=queue.redis_settings(settings),
+        queue_name=settings.queue.name,
+        max_jobs=settings.queue.max_jobs,
+        job_timeout=settings.queue.job_timeout_seconds,
+        poll_delay=settings.queue.poll_delay_seconds,
+        health_check_interval=settings.queue.health_check_seconds,
+        health_check_key=settings.queue.name + ":health-check",
+        keep_result=0,
+        job_completion_wait=settings.queue.shutdown_grace_seconds,
+    )
+    options.update(overrides)
+    return Worker(**options)
+
+
+def run(settings: Settings) -> None:
+    logs.configure(settings.log_format, settings.log_level)
+    build(settings).run()

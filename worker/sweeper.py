@@ -1,0 +1,36 @@
+"""The sweeper: re-ring the doorbell for every event Postgres says is due.
+
+It heals a lost enqueue (Redis down at ingest, Redis flushed, a deferred retry lost): pending rows
+older than the grace period and failed events whose retry time has come are enqueued again. Job
+ids make this idempotent, so any number of workers may sweep.
+"""
+
+from __future__ import annotations
+
+from arq import cron
+
+from aipt import db, queue
+from aipt.logs import log
+from aipt.settings import Settings
+
+
+async def sweep(ctx: dict) -> int:
+    settings: Settings = ctx["settings"]
+    async with ctx["pool"].acquire() as conn:
+        rows = await conn.fetch(db.queries["due_events"], settings.sweeper.pending_after_seconds, settings.sweeper.batch_size)
+    enqueued = 0
+    for row in rows:
+        enqueued += await queue.enqueue_event(ctx["redis"], row["event_id"], row["attempt"])
+    if rows:
+        log.info("sweeper enqueued due events", due=len(rows), enqueued=enqueued)
+    return enqueued
+
+
+def schedule(settings: Settings):
+    """An arq cron for the sweep, every `sweeper.every_seconds`, also right at start-up."""
+    every = settings.sweeper.every_seconds
+    if every < 60:
+        when = dict(second=set(range(0, 60, every)))
+    else:
+        when = dict(minute=set(range(0, 60, every // 60)), second={0})
+    return cron(sweep, name="sweeper", run_at_startup=True, unique=True, timeout=max(30, every), **when)
