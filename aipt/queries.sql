@@ -49,3 +49,39 @@ select 1
 -- claim_dead_alert --
 -- The details of a death to announce; no row when it was announced already.
 select event_type, attempts, error_message, dead_count from public.claim_dead_alert(p_event_id => $1)
+
+-- list_events --
+-- Events for operators, newest first; each filter is optional (null).
+select e.event_id, e.event_type, e.status, coalesce(f.failure_count, 0) as attempts,
+       e.received_at, now() - e.received_at as age, f.next_retry, f.error_message as last_error
+from public.stripe_events e
+left join public.webhook_failures f on f.event_id = e.event_id
+where ($1::text is null or e.status = $1)
+  and ($2::text is null or e.event_type = $2)
+  and ($3::float8 is null or e.received_at >= now() - make_interval(secs => $3))
+order by e.received_at desc
+limit $4
+
+-- show_event --
+-- One event with its payload and failure history.
+select e.event_id, e.event_type, e.status, e.api_version, e.created, e.livemode, e.received_at, e.processed_at,
+       e.payload, f.failure_count, f.max_retries, f.next_retry, f.dead_at, f.alerted_at, f.permanent,
+       f.error_message, f.history
+from public.stripe_events e
+left join public.webhook_failures f on f.event_id = e.event_id
+where e.event_id = $1
+
+-- list_dead --
+-- The dead-letter queue: failed events with no automatic attempt left, oldest death first.
+select f.event_id, f.event_type, f.failure_count as attempts, f.error_message as last_error,
+       f.permanent, f.dead_at, now() - f.first_failure as age
+from public.webhook_failures f
+where f.dead_at is not null and f.resolved_at is null and f.next_retry is null
+  and ($1::text is null or f.event_type = $1)
+  and ($2::float8 is null or f.dead_at >= now() - make_interval(secs => $2))
+order by f.dead_at
+limit $3
+
+-- requeue_event --
+-- Give a dead event one more attempt now; returns that attempt's number.
+select public.requeue_stripe_event(p_event_id => $1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import ConnectionPool
 
 from aipt.settings import Settings
@@ -33,9 +34,17 @@ def job_id(event_id: str, attempt: int) -> str:
 
 
 async def enqueue_event(redis: ArqRedis, event_id: str, attempt: int = 1, at: dt.datetime | None = None) -> bool:
-    """Ring for one attempt of an event; False when that attempt is already queued."""
-    job = await redis.enqueue_job(CONSUME, event_id, _job_id=job_id(event_id, attempt), _defer_until=at)
-    return job is not None
+    """Ring for one attempt of an event; False when that attempt is already queued or running."""
+    jid = job_id(event_id, attempt)
+    if await redis.enqueue_job(CONSUME, event_id, _job_id=jid, _defer_until=at) is not None:
+        return True
+    # arq refused: the job key exists. If the queue lost the job (evicted, partly flushed) and no
+    # worker holds it, that key is an orphan that would block this event for a day: clear it.
+    queued = await redis.zscore(redis.default_queue_name, jid) is not None
+    if queued or await redis.exists(in_progress_key_prefix + jid):
+        return False
+    await redis.delete(job_key_prefix + jid)
+    return await redis.enqueue_job(CONSUME, event_id, _job_id=jid, _defer_until=at) is not None
 
 
 async def queue_depth(redis: ArqRedis) -> int:

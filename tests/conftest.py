@@ -120,6 +120,14 @@ def sign(body: str, secret: str = SECRET, timestamp: int | None = None) -> str:
     return stripe.WebhookSignature.generate_signature_header(body, secret, timestamp=timestamp)
 
 
+@pytest.fixture(autouse=True)
+async def _clean_test_redis():
+    """Job keys are global in Redis (arq:job:<id>) and fixtures reuse event ids: start each test empty."""
+    r = queue.connect(make_settings("postgresql:///unused"))
+    await r.flushdb()
+    await queue.close(r)
+
+
 @pytest.fixture
 def settings(db_url):
     return make_settings(db_url)
@@ -129,7 +137,6 @@ def settings(db_url):
 async def redis(settings):
     r = queue.connect(settings)
     yield r
-    await r.delete(settings.queue.name, settings.queue.name + ":health-check")
     await queue.close(r)
 
 

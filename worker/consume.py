@@ -29,8 +29,15 @@ def is_permanent(exc: BaseException) -> bool:
 
 
 async def consume_event(ctx: dict, event_id: str) -> str:
+    with structlog.contextvars.bound_contextvars(event_id=event_id):
+        try:
+            return await _consume(ctx, event_id)
+        finally:
+            structlog.contextvars.unbind_contextvars("event_type", "attempt")
+
+
+async def _consume(ctx: dict, event_id: str) -> str:
     settings: Settings = ctx["settings"]
-    structlog.contextvars.bind_contextvars(event_id=event_id)
     started = time.perf_counter()
     try:
         async with ctx["pool"].acquire() as conn:
@@ -44,8 +51,6 @@ async def consume_event(ctx: dict, event_id: str) -> str:
         # Nothing was recorded: the row is untouched, so trying later is safe (the sweeper would too).
         log.warning("database unavailable; job retried later", error=str(exc) or type(exc).__name__)
         raise Retry(defer=settings.retry.base_seconds or 1) from exc
-    finally:
-        structlog.contextvars.unbind_contextvars("event_id", "event_type", "attempt")
     if row is None:
         log.info("event not due (done, dead, or its retry is later)")
         return "not_due"

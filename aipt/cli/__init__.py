@@ -30,7 +30,18 @@ def migrate() -> None:
     common.run(main)
 
 
+from aipt.cli import dev, service  # noqa: E402
+
+app.command()(service.web)
+app.command()(service.worker)
+app.command("send-test-event")(service.send_test_event)
+app.command()(dev.dev)
+
 # Command groups, one module each (each line: import the module, add its Typer app).
+from aipt.cli import events  # noqa: E402
+
+app.add_typer(events.events_app, name="events")
+app.add_typer(events.dlq_app, name="dlq")
 
 
 def main() -> None:

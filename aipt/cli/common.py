@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -27,7 +29,17 @@ class CommandError(Exception):
     """The command cannot do what was asked; the message says why."""
 
 
+def _read_dev_env() -> None:
+    """Use the URLs `aipt dev` wrote in this folder for variables the environment does not set."""
+    path = Path(os.environ.get("AIPT_DEV_DATA", ".aipt")) / "dev.env"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition("=")
+            os.environ.setdefault(key, value)
+
+
 def load_settings() -> settings.Settings:
+    _read_dev_env()
     s = settings.get()
     logs.configure(s.log_format, s.log_level)
     return s

@@ -1,0 +1,3 @@
+from aipt.cli import main
+
+main()

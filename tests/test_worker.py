@@ -1,0 +1,62 @@
+"""The arq worker end to end: jobs from ingest, the sweeper healing lost enqueues, Redis outages."""
+
+import pytest
+
+from aipt import fixtures, queue
+from tests.billing import billing_state, seed_catalogue, status
+from tests.conftest import make_settings, post_event, run_worker, through
+
+import httpx
+from ingest.app import create_app
+
+
+async def test_ingest_then_worker_applies_the_story(client, conn, settings, redis):
+    await seed_catalogue(conn)
+    for t in ("payment_intent.succeeded", "checkout.session.completed", "customer.subscription.created"):
+        assert (await post_event(client, fixtures.load(t))).status_code == 200
+    assert await queue.queue_depth(redis) == 3
+    await run_worker(settings)
+    assert [r["status"] for r in await conn.fetch("select status from public.stripe_events")] == ["ok"] * 3
+    state = await billing_state(conn)
+    assert len(state["purchases"]) == 1 and len(state["subscriptions"]) == 1
+    assert await queue.queue_depth(redis) == 0
+
+
+async def test_redis_down_at_ingest_is_200_and_the_sweeper_applies_it_later(db_url, conn, redis_proxy):
+    await seed_catalogue(conn)
+    s = make_settings(db_url, redis_url=through(make_settings(db_url).redis_url, redis_proxy))
+    event = fixtures.load("checkout.session.completed")
+    redis_proxy.cut()
+    app = create_app(s)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as c:
+            r = await post_event(c, event)
+            assert r.status_code == 200 and r.json() == {"received": True, "duplicate": False}
+            assert (await c.get("/readyz")).json()["redis"].startswith("down")
+    assert await status(conn, event["id"]) == "pending"
+    redis_proxy.restore()
+    await run_worker(s)  # the sweeper runs at start-up and finds the pending row
+    assert await status(conn, event["id"]) == "ok"
+    assert len((await billing_state(conn))["purchases"]) == 1
+
+
+@pytest.mark.parametrize("loss", ["flushall", "queue_only"])
+async def test_redis_losing_jobs_the_sweeper_still_applies_everything(client, conn, settings, redis, loss):
+    await seed_catalogue(conn)
+    for t in ("payment_intent.succeeded", "customer.subscription.created"):
+        await post_event(client, fixtures.load(t))
+    if loss == "flushall":
+        await redis.flushdb()
+    else:  # the queue is lost but the job keys survive (eviction): they must not block the events
+        await redis.delete(settings.queue.name)
+    await run_worker(settings)
+    assert {r["status"] for r in await conn.fetch("select status from public.stripe_events")} == {"ok"}
+
+
+async def test_the_sweeper_leaves_fresh_pending_rows_to_their_own_job(client, conn, db_url, redis):
+    s = make_settings(db_url, sweeper={"pending_after_seconds": 3600})
+    event = fixtures.load("invoice.payment_succeeded")
+    await post_event(client, event)
+    await redis.delete(make_settings(db_url).queue.name)
+    await run_worker(s)
+    assert await status(conn, event["id"]) == "pending"
