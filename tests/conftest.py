@@ -12,7 +12,7 @@ import pytest
 from aipt import migrate
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+REDIS_SERVER = os.environ.get("TEST_REDIS_SERVER", "redis://127.0.0.1:6379")
 TEMPLATE = f"aipt_tpl_{os.getpid()}"
 
 
@@ -41,6 +41,33 @@ async def drop_database(name: str) -> None:
         await conn.execute(f'drop database if exists "{name}" with (force)')
     finally:
         await conn.close()
+
+
+def _claim_redis_db() -> str:
+    """A Redis database (1-15) no other test run is using: runs in parallel must not flush each other."""
+    import redis as redis_sync
+
+    for n in range(1, 16):
+        client = redis_sync.Redis.from_url(f"{REDIS_SERVER}/{n}")
+        try:
+            if client.set("aipt:test:owner", os.getpid(), nx=True, ex=3600):
+                return f"{REDIS_SERVER}/{n}"
+        finally:
+            client.close()
+    raise RuntimeError("no free Redis database for tests (1-15 all claimed)")
+
+
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL") or _claim_redis_db()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _release_redis_db():
+    yield
+    import redis as redis_sync
+
+    client = redis_sync.Redis.from_url(TEST_REDIS_URL)
+    client.flushdb()
+    client.close()
 
 
 @pytest.fixture(scope="session")
@@ -125,6 +152,7 @@ async def _clean_test_redis():
     """Job keys are global in Redis (arq:job:<id>) and fixtures reuse event ids: start each test empty."""
     r = queue.connect(make_settings("postgresql:///unused"))
     await r.flushdb()
+    await r.set("aipt:test:owner", os.getpid(), ex=3600)
     await queue.close(r)
 
 

@@ -33,4 +33,4 @@ def schedule(settings: Settings):
         when = dict(second=set(range(0, 60, every)))
     else:
         when = dict(minute=set(range(0, 60, every // 60)), second={0})
-    return cron(sweep, name="sweeper", run_at_startup=True, unique=True, timeout=max(30, every), **when)
+    return cron(sweep, name="sweeper", run_at_startup=True, unique=True, timeout=settings.queue.job_timeout_seconds, **when)

@@ -55,10 +55,14 @@ async def connection():
         await conn.close()
 
 
-def run(main: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine; known failures print one line and exit 1 (tracebacks only with -v)."""
+def run(main: Callable[[], Awaitable[T] | T]) -> T:
+    """Run a command body (a coroutine function or a plain one); failures print one line and exit 1.
+
+    Tracebacks only with -v.
+    """
     try:
-        return asyncio.run(main())
+        result = main()
+        return asyncio.run(result) if asyncio.iscoroutine(result) else result
     except (CommandError, settings.ConfigError, db.DatabaseError, Exception) as exc:
         if isinstance(exc, (typer.Exit, typer.Abort, KeyboardInterrupt)):
             raise

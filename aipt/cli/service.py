@@ -20,19 +20,22 @@ def web() -> None:
     """Serve the webhook endpoint (uvicorn, uvloop + httptools)."""
     import uvicorn
 
-    s = common.load_settings()
-    s.require("database_url", "redis_url", "stripe_webhook_secret")
-    uvicorn.run(
-        "ingest.app:create_app", factory=True, host=s.web.host, port=s.port,
-        loop="uvloop", http="httptools", access_log=False, log_config=None, lifespan="on",
-    )
+    def main() -> None:
+        s = common.load_settings()
+        s.require("database_url", "redis_url", "stripe_webhook_secret")
+        uvicorn.run(
+            "ingest.app:create_app", factory=True, host=s.web.host, port=s.port,
+            loop="uvloop", http="httptools", access_log=False, log_config=None, lifespan="on",
+        )
+
+    common.run(main)
 
 
 def worker() -> None:
     """Apply events from the queue and run the scheduled jobs (sweeper, cleanups)."""
     from worker.main import run
 
-    run(common.load_settings())
+    common.run(lambda: run(common.load_settings()))
 
 
 def signed_test_event(event_type: str, api: str, secret: str) -> tuple[dict, str, str]:
