@@ -305,6 +305,37 @@ $$;
 
 revoke all on function public._lock_content_deletions() from public, anon, authenticated, service_role;
 
+-- The row an operation acts on; present is false for an unknown id.
+create or replace function public._content_row(
+  p_kind text,
+  p_id uuid,
+  out present boolean,
+  out slug text,
+  out title text,
+  out required_tier integer,
+  out deleted_at timestamptz)
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if p_kind = 'neuron' then
+    select n.slug, n.title, n.required_tier, n.deleted_at
+    into slug, title, required_tier, deleted_at
+    from public.neurons n where n.id = p_id;
+  elsif p_kind = 'bundle' then
+    select b.slug, b.title, b.required_tier, b.deleted_at
+    into slug, title, required_tier, deleted_at
+    from public.bundles b where b.id = p_id;
+  else
+    raise exception 'unknown content kind %', p_kind using errcode = 'invalid_parameter_value';
+  end if;
+  present := found;
+end
+$$;
+
+revoke all on function public._content_row(text, uuid) from public, anon, authenticated, service_role;
+
 -- What depends on a neuron or a bundle, whatever its own state. blockers is
 -- null when nothing does, else the reasons in words. Guarded are:
 --   * a neuron held by a live bundle (by any of its links: restoring the
@@ -316,10 +347,7 @@ revoke all on function public._lock_content_deletions() from public, anon, authe
 create or replace function public._content_dependents(
   p_kind text,
   p_id uuid,
-  out present boolean,
-  out slug text,
-  out title text,
-  out deleted_at timestamptz,
+  p_required_tier integer,
   out active_bundles text[],
   out active_subscriptions integer,
   out purchases integer,
@@ -329,34 +357,14 @@ stable
 set search_path = ''
 as $$
 declare
-  v_tier integer;
   v_why text[] := '{}';
 begin
-  active_bundles := '{}';
-  if p_kind = 'neuron' then
-    select n.slug, n.title, n.deleted_at, n.required_tier
-    into slug, title, deleted_at, v_tier
-    from public.neurons n where n.id = p_id;
-  elsif p_kind = 'bundle' then
-    select b.slug, b.title, b.deleted_at, b.required_tier
-    into slug, title, deleted_at, v_tier
-    from public.bundles b where b.id = p_id;
-  else
-    raise exception 'unknown content kind %', p_kind using errcode = 'invalid_parameter_value';
-  end if;
-  present := found;
-  if not present then
-    active_subscriptions := 0;
-    purchases := 0;
-    return;
-  end if;
-
   select count(*)::integer into active_subscriptions
   from public.user_subscriptions s
   where s.status in ('active', 'trialing')
     and s.ended_at is null
     and (s.expires_at is null or s.expires_at > now())
-    and s.plan_tier >= v_tier;
+    and s.plan_tier >= p_required_tier;
 
   if p_kind = 'neuron' then
     active_bundles := array(
@@ -369,6 +377,7 @@ begin
                + (select count(*) from public.user_purchases p
                   where p.bundle_id in (select bn.bundle_id from public.bundle_neurons bn where bn.neuron_id = p_id));
   else
+    active_bundles := '{}';
     purchases := (select count(*) from public.user_purchases p where p.bundle_id = p_id);
   end if;
 
@@ -386,7 +395,7 @@ begin
 end
 $$;
 
-revoke all on function public._content_dependents(text, uuid) from public, anon, authenticated, service_role;
+revoke all on function public._content_dependents(text, uuid, integer) from public, anon, authenticated, service_role;
 
 -- Appends one entry to the audit trail, naming the caller.
 create or replace function public._log_content_action(
@@ -414,12 +423,13 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  d record;
+  d record;  -- the row
+  g record;  -- what depends on it
   v_by uuid;
   v_links jsonb;
 begin
   perform public._lock_content_deletions();
-  select * into d from public._content_dependents(p_kind, p_id);
+  select * into d from public._content_row(p_kind, p_id);
   if not d.present then
     raise exception '% % not found', p_kind, p_id using errcode = 'no_data_found';
   end if;
@@ -427,8 +437,9 @@ begin
     raise notice '% % is already deleted (since %): nothing changed', p_kind, p_id, d.deleted_at;
     return false;
   end if;
-  if d.blockers is not null then
-    raise exception 'cannot delete % %: it %', p_kind, d.slug, d.blockers
+  select * into g from public._content_dependents(p_kind, p_id, d.required_tier);
+  if g.blockers is not null then
+    raise exception 'cannot delete % %: it %', p_kind, d.slug, g.blockers
       using errcode = 'object_in_use',
             hint = format('public.f_can_delete_%s(%L) lists what depends on it', p_kind, p_id);
   end if;
@@ -470,7 +481,7 @@ declare
   v_links jsonb;
 begin
   perform public._lock_content_deletions();
-  select * into d from public._content_dependents(p_kind, p_id);
+  select * into d from public._content_row(p_kind, p_id);
   if not d.present then
     raise exception '% % not found', p_kind, p_id using errcode = 'no_data_found';
   end if;
@@ -520,11 +531,12 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  d record;
+  d record;  -- the row
+  g record;  -- what depends on it
   v_links jsonb;
 begin
   perform public._lock_content_deletions();
-  select * into d from public._content_dependents(p_kind, p_id);
+  select * into d from public._content_row(p_kind, p_id);
   if not d.present then
     if exists (select 1 from public.content_deletion_log l
                where l.content_id = p_id and l.content_kind = p_kind and l.action = 'hard_delete') then
@@ -543,8 +555,9 @@ begin
       p_kind, d.slug, d.deleted_at, d.deleted_at + interval '90 days'
       using errcode = 'object_not_in_prerequisite_state';
   end if;
-  if d.blockers is not null then
-    raise exception 'cannot hard-delete % %: it %', p_kind, d.slug, d.blockers
+  select * into g from public._content_dependents(p_kind, p_id, d.required_tier);
+  if g.blockers is not null then
+    raise exception 'cannot hard-delete % %: it %', p_kind, d.slug, g.blockers
       using errcode = 'object_in_use';
   end if;
 
@@ -584,20 +597,25 @@ security definer
 set search_path = ''
 as $$
 declare
-  d record;
+  d record;  -- the row
+  g record;  -- what depends on it
 begin
   perform public._require_admin('check whether a neuron can be deleted');
-  select * into d from public._content_dependents('neuron', p_neuron_id);
+  select * into d from public._content_row('neuron', p_neuron_id);
+  if not d.present then
+    return query select false, 'neuron not found', '{}'::text[], 0;
+    return;
+  end if;
+  select * into g from public._content_dependents('neuron', p_neuron_id, d.required_tier);
   return query select
-    d.present and d.deleted_at is null and d.blockers is null,
+    d.deleted_at is null and g.blockers is null,
     case
-      when not d.present then 'neuron not found'
       when d.deleted_at is not null then format('neuron is already deleted (since %s)', d.deleted_at)
-      when d.blockers is not null then 'neuron ' || d.blockers
+      when g.blockers is not null then 'neuron ' || g.blockers
       else 'neuron can be deleted: no live bundle, active subscription or purchase depends on it'
     end,
-    d.active_bundles,
-    d.active_subscriptions;
+    g.active_bundles,
+    g.active_subscriptions;
 end
 $$;
 
@@ -614,19 +632,24 @@ security definer
 set search_path = ''
 as $$
 declare
-  d record;
+  d record;  -- the row
+  g record;  -- what depends on it
 begin
   perform public._require_admin('check whether a bundle can be deleted');
-  select * into d from public._content_dependents('bundle', p_bundle_id);
+  select * into d from public._content_row('bundle', p_bundle_id);
+  if not d.present then
+    return query select false, 'bundle not found', 0;
+    return;
+  end if;
+  select * into g from public._content_dependents('bundle', p_bundle_id, d.required_tier);
   return query select
-    d.present and d.deleted_at is null and d.blockers is null,
+    d.deleted_at is null and g.blockers is null,
     case
-      when not d.present then 'bundle not found'
       when d.deleted_at is not null then format('bundle is already deleted (since %s)', d.deleted_at)
-      when d.blockers is not null then 'bundle ' || d.blockers
+      when g.blockers is not null then 'bundle ' || g.blockers
       else 'bundle can be deleted: no active subscription or purchase depends on it'
     end,
-    d.active_subscriptions;
+    g.active_subscriptions;
 end
 $$;
 

@@ -86,7 +86,7 @@ async def deleted_at(conn: asyncpg.Connection, kind: str, content_id: uuid.UUID)
 
 
 async def live_links(conn: asyncpg.Connection, **where) -> set[tuple[uuid.UUID, uuid.UUID]]:
-    (column, value), = where.items()
+    ((column, value),) = where.items()
     rows = await conn.fetch(
         f"select bundle_id, neuron_id from public.bundle_neurons where {column} = $1 and deleted_at is null", value
     )

@@ -11,7 +11,6 @@ import asyncpg
 from tests import content
 from tests.roles import claims_for
 
-
 ADMIN_ID = uuid.UUID(int=0xAD)
 
 

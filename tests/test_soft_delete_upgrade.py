@@ -65,8 +65,13 @@ async def test_a_database_where_the_first_version_ran_ends_identical_to_a_fresh_
         # The data is all there, and the deletions it had keep their who, when and why.
         assert await db.fetchval("select count(*) from public.neurons") == 3
         assert await db.fetchval("select count(*) from public.bundle_neurons") == 3
-        row = await db.fetchrow("select deleted_at, deleted_by, deletion_reason from public.neurons where id = $1", typo)
-        assert row["deleted_at"] is not None and (row["deleted_by"], row["deletion_reason"]) == (admin, "typo in the title")
+        row = await db.fetchrow(
+            "select deleted_at, deleted_by, deletion_reason from public.neurons where id = $1", typo
+        )
+        assert row["deleted_at"] is not None and (row["deleted_by"], row["deletion_reason"]) == (
+            admin,
+            "typo in the title",
+        )
         # The links of what was deleted went down with it; the others stayed up.
         assert await content.live_links(db, bundle_id=retired) == set()
         assert await content.live_links(db, bundle_id=main) == {(main, kept), (main, in_retired)}

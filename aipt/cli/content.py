@@ -90,7 +90,9 @@ def soft_delete(
 @app.command()
 def restore(target: list[str] = TARGET) -> None:
     """Bring soft-deleted content back, with the links its delete took down."""
-    change(target, "content_restore", done="restored {kind} {id}", unchanged="{kind} {id} is not deleted: nothing changed")
+    change(
+        target, "content_restore", done="restored {kind} {id}", unchanged="{kind} {id} is not deleted: nothing changed"
+    )
 
 
 @app.command("hard-delete")
