@@ -112,7 +112,7 @@ async def test_guard_counts_only_active_unexpired_subscriptions_at_or_above_the_
     await content.subscription(conn, tier=1)  # tier too low
     await content.subscription(conn, tier=5, status="canceled")
     await content.subscription(conn, tier=5, status="past_due")
-    await content.subscription(conn, tier=5, expires_in=dt.timedelta(seconds=-1))  # expired
+    await content.subscription(conn, tier=5, expires_in=dt.timedelta(days=-1))  # expired
     await content.subscription(conn, tier=5, ended=True)  # deleted at Stripe
 
     neuron_row = await conn.fetchrow(NEURON_GUARD, n)
@@ -276,7 +276,7 @@ VISIBLE = {
     "bundle_neurons": "select count(*)::text from public.bundle_neurons",
     "v_neurons_deleted": "select slug from public.v_neurons_deleted",
     "v_bundles_deleted": "select slug from public.v_bundles_deleted",
-    "content_deletion_log": "select slug from public.content_deletion_log",
+    "content_deletion_log": "select slug from public.content_deletion_log order by id",
 }
 
 
