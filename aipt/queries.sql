@@ -85,3 +85,50 @@ limit $3
 -- requeue_event --
 -- Give a dead event one more attempt now; returns that attempt's number.
 select public.requeue_stripe_event(p_event_id => $1)
+
+-- content_kind --
+-- Whether an id names a neuron or a bundle: live or soft-deleted rows first, then the audit trail (hard-deleted).
+select coalesce(
+  (select 'neuron' from public.neurons where id = $1),
+  (select 'bundle' from public.bundles where id = $1),
+  (select l.content_kind from public.content_deletion_log l where l.content_id = $1 order by l.id desc limit 1))
+
+-- content_guard_neuron --
+-- Whether a neuron can be deleted now, and what depends on it.
+select can_delete, reason, active_bundles, active_subscriptions from public.f_can_delete_neuron(p_neuron_id => $1)
+
+-- content_guard_bundle --
+-- Whether a bundle can be deleted now, and what depends on it.
+select can_delete, reason, active_subscriptions from public.f_can_delete_bundle(p_bundle_id => $1)
+
+-- content_soft_delete_neuron --
+-- Soft-delete a neuron if the guard allows; false when it was deleted already.
+select public.f_soft_delete_neuron(p_neuron_id => $1, p_reason => $2)
+
+-- content_soft_delete_bundle --
+-- Soft-delete a bundle and take its links down if the guard allows; false when it was deleted already.
+select public.f_soft_delete_bundle(p_bundle_id => $1, p_reason => $2)
+
+-- content_restore_neuron --
+-- Restore a neuron and its links to live bundles; false when it was not deleted.
+select public.f_restore_neuron(p_neuron_id => $1)
+
+-- content_restore_bundle --
+-- Restore a bundle and its links to live neurons; false when it was not deleted.
+select public.f_restore_bundle(p_bundle_id => $1)
+
+-- content_hard_delete_neuron --
+-- Remove a neuron soft-deleted 90+ days ago, guard re-checked; false when it is gone already.
+select public.f_hard_delete_neuron(p_neuron_id => $1)
+
+-- content_hard_delete_bundle --
+-- Remove a bundle soft-deleted 90+ days ago, guard re-checked; false when it is gone already.
+select public.f_hard_delete_bundle(p_bundle_id => $1)
+
+-- content_history --
+-- The audit trail of one neuron or bundle, oldest first.
+select l.occurred_at, l.action, l.content_kind as kind, l.slug, l.actor_id, l.actor_role, l.reason,
+       jsonb_array_length(l.cascaded) as links, l.cascaded::text as cascaded
+from public.content_deletion_log l
+where l.content_id = $1 and ($2::text is null or l.content_kind = $2)
+order by l.id

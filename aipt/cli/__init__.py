@@ -43,6 +43,9 @@ from aipt.cli import events  # noqa: E402
 app.add_typer(events.events_app, name="events")
 app.add_typer(events.dlq_app, name="dlq")
 
+from aipt.cli import content  # noqa: E402
+app.add_typer(content.app, name="content")
+
 
 def main() -> None:
     app()
