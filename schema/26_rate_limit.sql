@@ -196,7 +196,8 @@ $$;
 
 
 -- -----------------------------------------------------------------------------
--- The six endpoints. An existing row is never overwritten: admins tune them.
+-- The six endpoints. An existing row keeps its numbers (admins tune them); it
+-- only gets the description when it has none (rows from the first version).
 -- -----------------------------------------------------------------------------
 insert into public.rate_limit_config (endpoint_key, requests_per_minute, burst_size, window_size_minutes, description)
 values
@@ -206,7 +207,9 @@ values
   ('stripe_webhook', 600, 200, 1, 'POST /webhooks/stripe in ingest: one shared bucket (trusted caller, no user).'),
   ('checkout', 10, 5, 1, 'Creating a Stripe checkout session.'),
   ('api_general', 100, 50, 1, 'Any other RPC the web app chooses to limit.')
-on conflict (endpoint_key) do nothing;
+on conflict (endpoint_key) do update
+  set description = excluded.description
+  where public.rate_limit_config.description is null;
 
 
 -- -----------------------------------------------------------------------------
