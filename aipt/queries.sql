@@ -85,3 +85,14 @@ limit $3
 -- requeue_event --
 -- Give a dead event one more attempt now; returns that attempt's number.
 select public.requeue_stripe_event(p_event_id => $1)
+
+-- rate_limit_dashboard --
+-- Per endpoint: buckets used and requests/blocked in the last hour (admin-only view).
+select * from public.v_rate_limit_dashboard
+order by requests_last_hour desc, endpoint_key
+
+-- rate_limit_top_users --
+-- The busiest callers of the last 24 hours, by user id or anonymous address; $1 = how many.
+select * from public.v_rate_limit_top_users
+order by requests_last_day desc, last_request desc
+limit $1

@@ -43,6 +43,10 @@ from aipt.cli import events  # noqa: E402
 app.add_typer(events.events_app, name="events")
 app.add_typer(events.dlq_app, name="dlq")
 
+from aipt.cli import ratelimit  # noqa: E402
+
+app.add_typer(ratelimit.app, name="ratelimit")
+
 
 def main() -> None:
     app()
