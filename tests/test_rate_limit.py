@@ -342,6 +342,31 @@ async def test_service_callers_without_a_user_share_one_bucket_not_the_anonymous
         assert set(await buckets(tx, key)) == {"anon", "service"}
 
 
+async def test_a_member_of_service_role_is_trusted_like_it(tx):
+    """ingest may connect as its own role: granted service_role, it names users like service_role does."""
+    role = f"rl_member_{uuid.uuid4().hex[:8]}"
+    key = await endpoint(tx, rpm=1, burst=3)
+    user = uuid.uuid4()
+    await tx.execute(f"create role {role} nologin; grant service_role to {role}")
+    await tx.execute(f"set local role {role}")
+    await check(tx, key, 1, user)
+    await check(tx, key, 1, None)
+    await tx.execute("reset role")
+    assert set(await buckets(tx, key)) == {f"user:{user}", "service"}
+
+
+async def test_the_ingest_call_for_stripe_webhook(tx):
+    """The statement ingest runs (docs/rate-limiting.md): one shared bucket, Retry-After in whole seconds."""
+    sql = """select allowed, reset_time,
+                    greatest(1, ceil(extract(epoch from reset_time - now())))::int as retry_after_seconds
+             from public.f_check_rate_limit(p_endpoint_key => 'stripe_webhook')"""
+    burst = await tx.fetchval("select burst_size from public.rate_limit_config where endpoint_key = 'stripe_webhook'")
+    got = [await tx.fetchrow(sql) for _ in range(burst + 1)]
+    assert all(r["allowed"] for r in got[:-1]) and not got[-1]["allowed"]
+    assert got[-1]["retry_after_seconds"] == 1  # 600/min: the next token is 0.1 s away
+    assert set(await buckets(tx, "stripe_webhook")) == {"service"}
+
+
 async def test_anonymous_without_headers_share_one_bucket_and_null_is_no_bypass(tx):
     key = await endpoint(tx, rpm=1, burst=2)
     async with acting_as(tx, "anon"):
