@@ -14,16 +14,16 @@
 --   * Who pays is decided here, never by the caller (see "Who pays" below).
 --   * rate_limit_config.log_mode chooses what goes to rate_limit_log:
 --     'all' (default) or 'blocked'.
---   * Buckets and log are UNLOGGED tables (see below): a check costs about
---     one round trip more than `select 1`, not a WAL flush.
+--   * Buckets and log are UNLOGGED tables (see below): a check commits
+--     without waiting for a WAL flush.
 --
 -- Built-in functions resolve from pg_catalog, which is always searched first;
 -- every project object is schema-qualified and every function runs with
 -- search_path = ''.
 --
 -- Upgrade: a database where the first version of this file ran (uuid ids,
--- integer tokens, no bucket_key) has its three tables moved aside, rebuilt
--- here, and its config, buckets and log copied over, in this one file.
+-- integer tokens, no bucket_key, no log_mode) has its three tables moved
+-- aside, rebuilt here, and its config, buckets and log copied over.
 -- =============================================================================
 
 
@@ -36,12 +36,13 @@
 do $$
 begin
   if exists (
-       select 1 from pg_catalog.pg_class c
-       where c.oid in (to_regclass('public.rate_limit_config'), to_regclass('public.rate_limit_buckets'))
-     )
-     and not exists (
-       select 1 from pg_catalog.pg_attribute a
-       where a.attrelid = to_regclass('public.rate_limit_buckets') and a.attname = 'bucket_key' and not a.attisdropped
+       select 1
+       from (values ('public.rate_limit_config', 'log_mode'), ('public.rate_limit_buckets', 'bucket_key')) t (tbl, col)
+       where to_regclass(t.tbl) is not null
+         and not exists (
+           select 1 from pg_catalog.pg_attribute a
+           where a.attrelid = to_regclass(t.tbl) and a.attname = t.col and not a.attisdropped
+         )
      )
   then
     drop view if exists public.v_rate_limit_dashboard, public.v_rate_limit_top_users;
@@ -89,7 +90,8 @@ comment on column public.rate_limit_config.log_mode is
 --   'user:<uuid>'  a signed-in user (or a user named by a trusted caller),
 --   'ip:<addr>'    an anonymous client address (IPv6 grouped by its /64),
 --   'anon'         anonymous callers with no usable address, together,
---   'service'      service_role / superuser callers that name no user, together.
+--   'service'      trusted callers (service_role, its members, superusers) that
+--                  name no user, together.
 --
 -- UNLOGGED, like the log below: bucket state is as disposable as a cache (after
 -- a crash every bucket starts full again), and a check that writes only
@@ -118,6 +120,8 @@ create index if not exists rate_limit_buckets_user_id_idx
 
 comment on table public.rate_limit_buckets is
   'Token bucket per endpoint and caller (bucket_key: user:<uuid>, ip:<addr>, anon, service). Written only by f_check_rate_limit.';
+comment on column public.rate_limit_buckets.last_allowed is
+  'Whether the last request was allowed. Also how f_check_rate_limit learns its own decision: returning sees only the new row.';
 
 -- What was decided. Append-only; f_cleanup_rate_limit_data() keeps 7 days.
 -- No id column: nothing refers to a log row, and one index less per request.
@@ -395,7 +399,7 @@ end;
 $$;
 
 comment on function public.f_check_rate_limit(text, integer, uuid) is
-  'Token-bucket check for an endpoint: (allowed, tokens_remaining, reset_time, reason). The bucket is the caller''s own; p_user_id counts only for service_role and superusers.';
+  'Token-bucket check for an endpoint: (allowed, tokens_remaining, reset_time, reason). The bucket is the caller''s own; p_user_id counts only for service_role (and its members) and superusers.';
 
 revoke all on function public.f_check_rate_limit(text, integer, uuid) from public;
 grant execute on function public.f_check_rate_limit(text, integer, uuid) to anon, authenticated, service_role;
