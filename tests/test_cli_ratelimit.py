@@ -11,14 +11,17 @@ from typer.testing import CliRunner
 
 from aipt import db, settings
 from aipt.cli import app
+from tests.conftest import create_database, drop_database
 
 ALICE = uuid.UUID("00000000-0000-0000-0000-00000000a11c")
 
 
-@pytest.fixture
-async def seeded_url(db_url):
-    """A test database with a known hour of rate-limit history."""
-    conn = await asyncpg.connect(db_url)
+@pytest.fixture(scope="module")
+async def seeded_url(template_db):
+    """A test database with a known hour of rate-limit history, shared by this module (the CLI only reads)."""
+    name = f"aipt_cli_{uuid.uuid4().hex[:12]}"
+    url = await create_database(name, template=template_db)
+    conn = await asyncpg.connect(url)
     try:
         await conn.executemany(
             """insert into public.rate_limit_log (request_timestamp, endpoint_key, user_id, ip_address, was_allowed,
@@ -34,7 +37,8 @@ async def seeded_url(db_url):
         )
     finally:
         await conn.close()
-    return db_url
+    yield url
+    await drop_database(name)
 
 
 @pytest.fixture

@@ -26,8 +26,10 @@ async def test_the_part_passes_and_leaves_nothing_behind(conn):
 
 
 async def test_the_part_fails_on_a_wrong_result(conn):
-    # Sabotage: new endpoints log only blocked requests, so the part's log count is wrong.
-    await conn.execute("alter table public.rate_limit_config alter column log_mode set default 'blocked'")
     with pytest.raises(asyncpg.RaiseError, match="expected 6 log rows"):
         async with conn.transaction():
+            # Sabotage: new endpoints log only blocked requests, so the part's log count is wrong.
+            await conn.execute("alter table public.rate_limit_config alter column log_mode set default 'blocked'")
             await conn.execute(PART)
+    assert await conn.fetchval("select column_default from information_schema.columns"
+                               " where table_name = 'rate_limit_config' and column_name = 'log_mode'") == "'all'::text"
