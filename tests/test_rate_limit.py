@@ -144,14 +144,18 @@ async def test_reset_time_says_when_this_request_fits(tx):
         assert "4 token(s) needed, 1 available" in r["reason"]
 
 
-async def test_fifty_concurrent_calls_on_a_bucket_of_twenty_allow_exactly_twenty(db_url, conn):
-    key = await endpoint(conn, rpm=1, burst=20)
-    user = uuid.uuid4()
-    pool = await asyncpg.create_pool(db_url, min_size=50, max_size=50)
+async def concurrent_checks(db_url: str, n: int, key: str, user: uuid.UUID) -> list[asyncpg.Record]:
+    """n checks at once, each on its own connection."""
+    pool = await asyncpg.create_pool(db_url, min_size=n, max_size=n)
     try:
-        results = await asyncio.gather(*(pool.fetchrow(CHECK, key, 1, user) for _ in range(50)))
+        return await asyncio.gather(*(pool.fetchrow(CHECK, key, 1, user) for _ in range(n)))
     finally:
         await pool.close()
+
+
+async def test_fifty_concurrent_calls_on_a_bucket_of_twenty_allow_exactly_twenty(db_url, conn):
+    key = await endpoint(conn, rpm=1, burst=20)
+    results = await concurrent_checks(db_url, 50, key, uuid.uuid4())
     assert sum(r["allowed"] for r in results) == 20
     (b,) = (await buckets(conn, key)).values()
     assert b["request_count"] == 50 and b["tokens_remaining"] < 1
@@ -159,8 +163,19 @@ async def test_fifty_concurrent_calls_on_a_bucket_of_twenty_allow_exactly_twenty
     assert len(log) == 50 and sum(r["was_allowed"] for r in log) == 20
 
 
-async def test_first_call_race_waits_instead_of_colliding(db_url, conn):
-    """Two first calls for one bucket: the second waits on the first's insert, then spends from it."""
+async def test_many_concurrent_first_calls_make_one_bucket(db_url, conn):
+    key = await endpoint(conn, rpm=1, burst=20)
+    user = uuid.uuid4()
+    results = await concurrent_checks(db_url, 10, key, user)
+    assert all(r["allowed"] for r in results)
+    assert sorted(r["tokens_remaining"] for r in results) == list(range(10, 20))
+    assert list(await buckets(conn, key)) == [f"user:{user}"]
+
+
+@pytest.mark.parametrize(("first_ends", "second_leaves", "requests"), [("commit", 3, 2), ("rollback", 4, 1)])
+async def test_first_call_race_waits_instead_of_colliding(db_url, conn, first_ends, second_leaves, requests):
+    """Two first calls for one bucket: the second waits on the first's insert, then spends from its row
+    (or inserts its own if the first rolled back)."""
     key = await endpoint(conn, rpm=1, burst=5)
     user = uuid.uuid4()
     first, second = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
@@ -171,45 +186,14 @@ async def test_first_call_race_waits_instead_of_colliding(db_url, conn):
         waiting = asyncio.create_task(check(second, key, 1, user))
         await asyncio.sleep(0.2)
         assert not waiting.done()  # blocked on the uncommitted insert, not failed
-        await tr.commit()
+        await getattr(tr, first_ends)()
         r = await asyncio.wait_for(waiting, 5)
-        assert r["allowed"] and r["tokens_remaining"] == 3
+        assert r["allowed"] and r["tokens_remaining"] == second_leaves
     finally:
         await first.close()
         await second.close()
     (b,) = (await buckets(conn, key)).values()
-    assert b["request_count"] == 2
-
-
-async def test_first_call_race_when_the_first_rolls_back(db_url, conn):
-    key = await endpoint(conn, rpm=1, burst=5)
-    user = uuid.uuid4()
-    first, second = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
-    try:
-        tr = first.transaction()
-        await tr.start()
-        await check(first, key, 1, user)
-        waiting = asyncio.create_task(check(second, key, 1, user))
-        await asyncio.sleep(0.2)
-        await tr.rollback()
-        r = await asyncio.wait_for(waiting, 5)
-        assert r["allowed"] and r["tokens_remaining"] == 4
-    finally:
-        await first.close()
-        await second.close()
-
-
-async def test_many_concurrent_first_calls_make_one_bucket(db_url, conn):
-    key = await endpoint(conn, rpm=1, burst=20)
-    user = uuid.uuid4()
-    pool = await asyncpg.create_pool(db_url, min_size=10, max_size=10)
-    try:
-        results = await asyncio.gather(*(pool.fetchrow(CHECK, key, 1, user) for _ in range(10)))
-    finally:
-        await pool.close()
-    assert all(r["allowed"] for r in results)
-    assert sorted(r["tokens_remaining"] for r in results) == list(range(10, 20))
-    assert list(await buckets(conn, key)) == [f"user:{user}"]
+    assert b["request_count"] == requests
 
 
 # -----------------------------------------------------------------------------
