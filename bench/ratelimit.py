@@ -52,7 +52,7 @@ begin
   v_t0 := clock_timestamp();
   for i in 1..v_n loop
     select r.allowed into v_allowed
-    from public.f_check_rate_limit('bench', 1, v_users[1 + i %% array_length(v_users, 1)]) r;
+    from public.f_check_rate_limit('%(endpoint)s', 1, v_users[1 + i %% array_length(v_users, 1)]) r;
     commit;
   end loop;
   perform set_config('bench.per_call_us', (extract(epoch from clock_timestamp() - v_t0) * 1e6 / v_n)::text, false);
@@ -122,7 +122,7 @@ async def bench(url: str, calls: int, rounds: int, users: list[uuid.UUID]) -> No
 
         async with pool.acquire() as conn:
             array = "array[" + ",".join(f"'{u}'" for u in users) + "]::uuid[]"
-            await conn.execute(SERVER_LOOP.replace("$USERS$", array) % {"n": calls})
+            await conn.execute(SERVER_LOOP.replace("$USERS$", array) % {"n": calls, "endpoint": ENDPOINT})
             per_call = float(await conn.fetchval("select current_setting('bench.per_call_us')"))
             logged = await conn.fetchval("select count(*) from public.rate_limit_log")
         print(f"server time per check, commit included (plpgsql loop of {calls}): {per_call:.1f} us")
