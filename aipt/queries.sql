@@ -132,3 +132,14 @@ select l.occurred_at, l.action, l.content_kind as kind, l.slug, l.actor_id, l.ac
 from public.content_deletion_log l
 where l.content_id = $1 and ($2::text is null or l.content_kind = $2)
 order by l.id
+
+-- rate_limit_dashboard --
+-- Per endpoint: buckets used and requests/blocked in the last hour (admin-only view).
+select * from public.v_rate_limit_dashboard
+order by requests_last_hour desc, endpoint_key
+
+-- rate_limit_top_users --
+-- The busiest callers of the last 24 hours, by user id or anonymous address; $1 = how many.
+select * from public.v_rate_limit_top_users
+order by requests_last_day desc, last_request desc
+limit $1

@@ -37,14 +37,13 @@ app.command()(service.worker)
 app.command("send-test-event")(service.send_test_event)
 app.command()(dev.dev)
 
-# Command groups, one module each (each line: import the module, add its Typer app).
-from aipt.cli import events  # noqa: E402
+# Command groups, one module each.
+from aipt.cli import content, events, ratelimit  # noqa: E402
 
 app.add_typer(events.events_app, name="events")
 app.add_typer(events.dlq_app, name="dlq")
-
-from aipt.cli import content  # noqa: E402
 app.add_typer(content.app, name="content")
+app.add_typer(ratelimit.app, name="ratelimit")
 
 
 def main() -> None:

@@ -72,6 +72,7 @@ end
 $$;
 
 \ir parts/soft_delete.sql
+\ir parts/rate_limit.sql
 
 rollback;
 
