@@ -72,6 +72,10 @@ class Sweeper(BaseModel):
         return v
 
 
+class Ratelimit(BaseModel):
+    webhook_enabled: bool
+
+
 class Alerts(BaseModel):
     dead_threshold: int = Field(ge=1)
     timeout_seconds: float = Field(gt=0)
@@ -104,6 +108,7 @@ class Settings(BaseSettings):
     retry: Retry
     sweeper: Sweeper
     alerts: Alerts
+    ratelimit: Ratelimit
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):

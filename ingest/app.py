@@ -39,20 +39,30 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def store(pool: asyncpg.Pool, event: webhook.Event, timeout: float) -> bool:
-    """Commit the event; True when it is new, False for a redelivery."""
+class Limited(Exception):
+    """The stripe_webhook bucket is empty; Stripe should come back after `retry_after` seconds."""
+
+    def __init__(self, retry_after: int):
+        super().__init__(f"rate limited; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+async def store(pool: asyncpg.Pool, event: webhook.Event, s: settings.Settings) -> bool:
+    """Commit the event; True when it is new, False for a redelivery. Raises Limited past the limit."""
+    args = (event.id, event.type, event.api_version, event.created, event.livemode, event.body)
     try:
-        async with pool.acquire(timeout=timeout) as conn:
-            row = await conn.fetchval(
-                db.queries["insert_event"],
-                event.id, event.type, event.api_version, event.created, event.livemode, event.body,
-            )
+        async with pool.acquire(timeout=s.db.connect_timeout_seconds) as conn:
+            if not s.ratelimit.webhook_enabled:
+                return await conn.fetchval(db.queries["insert_event"], *args) is not None
+            allowed, retry_after, inserted = await conn.fetchrow(db.queries["insert_event_limited"], *args)
     except asyncpg.DataError as exc:
         # JSON that Postgres cannot hold (e.g. \u0000 in a string) is bad input, not an outage.
         raise webhook.Rejected(f"body cannot be stored as JSON: {exc}") from None
     except (*db.UNAVAILABLE, asyncpg.PostgresError) as exc:
         raise db.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
-    return row is not None
+    if not allowed:
+        raise Limited(retry_after)
+    return inserted
 
 
 async def ring(redis, event_id: str) -> None:
@@ -78,12 +88,16 @@ async def receive(request: Request) -> tuple[JSONResponse, str]:
         body = await read_body(request, s.web.body_limit_bytes)
         text = webhook.verify(body, request.headers.get("stripe-signature"), s.webhook_secrets, s.web.signature_tolerance_seconds)
         event = webhook.parse(text)
-        new = await store(request.app.state.pool, event, s.db.connect_timeout_seconds)
+        new = await store(request.app.state.pool, event, s)
     except TooLarge:
         return JSONResponse({"error": f"body over {s.web.body_limit_bytes} bytes"}, status_code=413), "too_large"
     except webhook.Rejected as exc:
         log.info("webhook rejected", reason=str(exc))
         return JSONResponse({"error": str(exc)}, status_code=400), "rejected"
+    except Limited as exc:
+        log.warning("webhook rate limited", event_id=event.id, retry_after=exc.retry_after)
+        headers = {"Retry-After": str(exc.retry_after)}
+        return JSONResponse({"error": str(exc)}, status_code=429, headers=headers), "rate_limited"
     except db.DatabaseUnavailable as exc:
         log.error("webhook not stored: database unavailable", error=str(exc))
         return JSONResponse({"error": "database unavailable, retry later"}, status_code=503), "unavailable"

@@ -2,7 +2,8 @@
 -- Who is an admin
 -- One definition used by every policy and admin-only function:
 --   * a JWT whose app_metadata.role is 'admin' (set by the dashboard, not the user),
---   * the service_role (server-side keys, scheduled jobs),
+--   * the service_role or a role that is a member of it (server-side keys,
+--     scheduled jobs; on Supabase the postgres role that pg_cron uses),
 --   * a database superuser (an operator in psql, migrations, the worker).
 -- =============================================================================
 
@@ -22,7 +23,7 @@ as $$
       select 1
       from pg_catalog.pg_roles r
       where r.rolname = coalesce(nullif(pg_catalog.current_setting('role', true), 'none'), session_user::text)
-        and (r.rolsuper or r.rolname = 'service_role')
+        and (r.rolsuper or pg_catalog.pg_has_role(r.oid, 'service_role', 'member'))
     )
 $$;
 

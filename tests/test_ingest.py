@@ -135,3 +135,25 @@ async def test_health_and_readiness(client):
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200 and ready.json() == {"postgres": "ok", "redis": "ok"}
+
+
+async def test_past_the_stripe_webhook_limit_is_429_with_retry_after(client, conn):
+    await conn.execute(
+        "update public.rate_limit_config set burst_size = 2, requests_per_minute = 6 where endpoint_key = 'stripe_webhook'"
+    )
+    events = [fixtures.load(t) for t in ("payment_intent.succeeded", "checkout.session.completed", "invoice.payment_failed")]
+    answers = [await post_event(client, e) for e in events]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert int(answers[2].headers["Retry-After"]) in range(1, 11)  # 6/min: a token every 10 s
+    assert "rate limited" in answers[2].json()["error"]
+    assert await stored(conn) == sorted(e["id"] for e in events[:2])
+
+
+async def test_the_webhook_limit_can_be_turned_off(db_url, conn):
+    await conn.execute("update public.rate_limit_config set burst_size = 1 where endpoint_key = 'stripe_webhook'")
+    app = create_app(make_settings(db_url, ratelimit={"webhook_enabled": False}))
+    events = [fixtures.load(t) for t in ("payment_intent.succeeded", "checkout.session.completed")]
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as c:
+            assert [(await post_event(c, e)).status_code for e in events] == [200, 200]
+    assert len(await stored(conn)) == 2
