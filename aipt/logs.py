@@ -22,7 +22,7 @@ def configure(log_format: str = "auto", level: str = "info") -> None:
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.stdlib.LoggerFactory(),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=False,  # tests swap processors to capture logs
     )
     # arq, uvicorn and the rest log through the standard library: same format, same stream.
     handler = logging.StreamHandler(sys.stderr)

@@ -496,10 +496,13 @@ grant execute on function public.record_stripe_event_failure(text, text, text, b
 -- requeue_stripe_event: an operator gives a dead event one more attempt now
 -- Keeps the history; raises (and changes nothing) for an event that does not
 -- exist or is not dead. Returns the attempt number the retry will be.
+-- SECURITY DEFINER so an admin JWT (through PostgREST) can run it without
+-- write grants on the tables; the is_admin() check is the gate.
 -- =============================================================================
 create or replace function public.requeue_stripe_event(p_event_id text)
 returns integer
 language plpgsql
+security definer
 set search_path = ''
 as $$
 declare
@@ -539,10 +542,12 @@ grant execute on function public.requeue_stripe_event(text) to authenticated, se
 -- For psql: applies it in this session; a failure is recorded (the event stays
 -- dead, with the new error in its history) instead of raised. Returns the
 -- outcome: 'ok', 'skipped', 'duplicate' or 'error: <message>'.
+-- SECURITY DEFINER for the same reason as requeue_stripe_event.
 -- =============================================================================
 create or replace function public.reprocess_stripe_event(p_event_id text)
 returns text
 language plpgsql
+security definer
 set search_path = ''
 as $$
 declare
@@ -580,8 +585,8 @@ grant execute on function public.reprocess_stripe_event(text) to authenticated, 
 -- claim_dead_alert: the right to announce one death, granted once
 -- The first caller for a death gets a row (and alerted_at is set); every later
 -- caller, from any worker, gets none, so a death is never announced twice. The
--- dead count comes back too, under a lock, so exactly one death is seen
--- crossing the operators' threshold.
+-- count of announced deaths comes back too; claims take a lock, so that count
+-- grows by one per claim and exactly one death is seen crossing the threshold.
 -- =============================================================================
 create or replace function public.claim_dead_alert(p_event_id text)
 returns table (event_type text, attempts integer, error_message text, dead_count bigint)
@@ -597,8 +602,10 @@ begin
      where f.event_id = p_event_id and f.dead_at is not null and f.alerted_at is null
      returning f.event_type, f.failure_count, f.error_message
   )
+  -- The subquery sees the table before this claim: count the deaths already announced, plus this one.
   select c.event_type, c.failure_count, c.error_message,
-         (select count(*) from public.webhook_failures d where d.dead_at is not null and d.resolved_at is null)
+         1 + (select count(*) from public.webhook_failures d
+               where d.dead_at is not null and d.alerted_at is not null and d.resolved_at is null)
   from claimed c;
 end;
 $$;

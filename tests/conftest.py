@@ -110,6 +110,9 @@ async def pool(db_url):
 # --- services: settings, signing, the app, the worker ------------------------------------------
 
 import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+
+import structlog  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 from urllib.parse import urlsplit as _split  # noqa: E402
@@ -189,7 +192,7 @@ async def run_worker(settings: settings_mod.Settings, **overrides) -> None:
     """Process everything queued now (arq burst mode), then return."""
     from worker.main import build
 
-    w = build(settings, burst=True, handle_signals=False, **overrides)
+    w = build(settings, **{"burst": True, "handle_signals": False, **overrides})
     try:
         await w.main()
     finally:
@@ -226,3 +229,42 @@ async def redis_proxy():
 def through(url: str, proxy: Proxy) -> str:
     parts = _split(url)
     return parts._replace(netloc=f"{parts.username + '@' if parts.username else ''}127.0.0.1:{proxy.port}").geturl()
+
+
+@contextlib.contextmanager
+def captured_logs():
+    """structlog entries, with the bound context (event_id, ...) merged in as in production."""
+    capture = structlog.testing.LogCapture()
+    previous = structlog.get_config()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, capture])
+    try:
+        yield capture.entries
+    finally:
+        structlog.configure(**previous)
+
+
+@pytest.fixture
+def aipt(db_url, monkeypatch):
+    """Run `aipt ARGS...` in-process against the test's database, Redis db and queue."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from aipt import cli
+
+    s = make_settings(db_url)
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("REDIS_URL", s.redis_url)
+    monkeypatch.setenv("AIPT_QUEUE_NAME", s.queue.name)
+    settings_mod.get.cache_clear()
+    handlers = logging.root.handlers[:]
+    runner = CliRunner()
+
+    async def invoke(*args: str):
+        # In a thread: the command runs its own event loop (asyncio.run), as from a shell.
+        return await asyncio.to_thread(runner.invoke, cli.app, [str(a) for a in args])
+
+    invoke.settings = s
+    yield invoke
+    settings_mod.get.cache_clear()
+    logging.root.handlers[:] = handlers  # the command configured logging on the runner's streams

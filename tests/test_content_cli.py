@@ -2,33 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import uuid
 
 import pytest
-from typer.testing import CliRunner
-
-from aipt import cli, settings
 from tests import content
-
-
-@pytest.fixture
-def aipt(db_url, monkeypatch):
-    """Run `aipt ARGS...` in-process with DATABASE_URL set to the test's database."""
-    monkeypatch.setenv("DATABASE_URL", db_url)
-    settings.get.cache_clear()
-    handlers = logging.root.handlers[:]
-    runner = CliRunner()
-
-    async def invoke(*args: str):
-        # In a thread: the command runs its own event loop (asyncio.run), as from a shell.
-        return await asyncio.to_thread(runner.invoke, cli.app, [str(a) for a in args])
-
-    yield invoke
-    settings.get.cache_clear()
-    logging.root.handlers[:] = handlers  # the command configured logging on the runner's streams
 
 
 def said(stream: str) -> str:

@@ -20,8 +20,9 @@ from aipt import db, logs, settings
 
 T = TypeVar("T")
 
-console = Console()
-err_console = Console(stderr=True)
+# Off a terminal (pipes, scripts, CI) rich would wrap tables and errors at 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, soft_wrap=True)
 state = {"verbose": False}
 
 
