@@ -73,6 +73,7 @@ $$;
 
 \ir parts/soft_delete.sql
 \ir parts/rate_limit.sql
+\ir parts/stripe_events.sql
 
 rollback;
 
