@@ -76,19 +76,20 @@ async def _prepare(admin_url: str) -> str:
     return url
 
 
-def resolve_services(data: Path, stack: contextlib.ExitStack) -> dict[str, str]:
+def resolve_services(data: Path, stack: contextlib.ExitStack, pg_port: int, redis_port: int) -> dict[str, str]:
     env: dict[str, str] = {}
     if os.environ.get("DATABASE_URL"):
         env["DATABASE_URL"] = os.environ["DATABASE_URL"]
         asyncio.run(migrate_only(env["DATABASE_URL"]))
     else:
-        admin = ("postgresql://postgres@127.0.0.1:5432/postgres" if listening("127.0.0.1", 5432)
+        admin = (f"postgresql://postgres@127.0.0.1:{pg_port}/postgres" if listening("127.0.0.1", pg_port)
                  else _embedded_postgres(data, stack))
         env["DATABASE_URL"] = asyncio.run(_prepare(admin))
     if os.environ.get("REDIS_URL"):
         env["REDIS_URL"] = os.environ["REDIS_URL"]
     else:
-        env["REDIS_URL"] = "redis://127.0.0.1:6379/0" if listening("127.0.0.1", 6379) else _embedded_redis(data, stack)
+        env["REDIS_URL"] = (f"redis://127.0.0.1:{redis_port}/0" if listening("127.0.0.1", redis_port)
+                            else _embedded_redis(data, stack))
     env["STRIPE_WEBHOOK_SECRET"] = os.environ.get("STRIPE_WEBHOOK_SECRET") or DEV_SECRET
     return env
 
@@ -101,12 +102,16 @@ async def migrate_only(url: str) -> None:
         await conn.close()
 
 
-def dev(data_dir: Path = typer.Option(Path(".aipt"), envvar="AIPT_DEV_DATA", help="Where embedded servers keep data")) -> None:
+def dev(
+    data_dir: Path = typer.Option(Path(".aipt"), envvar="AIPT_DEV_DATA", help="Where embedded servers keep data"),
+    pg_port: int = typer.Option(5432, envvar="AIPT_DEV_PG_PORT", help="Local Postgres to use when it listens"),
+    redis_port: int = typer.Option(6379, envvar="AIPT_DEV_REDIS_PORT", help="Local Redis to use when it listens"),
+) -> None:
     """Run migrate + web + worker together until Ctrl-C (embedded servers when none are running)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         try:
-            env = resolve_services(data_dir.resolve(), stack)
+            env = resolve_services(data_dir.resolve(), stack, pg_port, redis_port)
         except (common.CommandError, migrate.MigrationError, OSError, asyncpg.PostgresError) as exc:
             common.err_console.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(1) from None
