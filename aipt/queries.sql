@@ -15,11 +15,11 @@ where e.event_id = $1
   and (e.status = 'pending' or (e.status = 'error' and f.next_retry <= now()))
 
 -- record_failure --
--- Count a failed attempt; returns attempt, next_retry, dead.
+-- Count a failed attempt (the SQLSTATE decides whether it is permanent); returns attempt, next_retry, dead.
 select attempt, next_retry, dead
 from public.record_stripe_event_failure(
-  p_event_id => $1, p_error => $2, p_error_code => $3, p_permanent => $4,
-  p_max_attempts => $5, p_base_seconds => $6, p_factor => $7, p_cap_seconds => $8)
+  p_event_id => $1, p_error => $2, p_error_code => $3,
+  p_max_attempts => $4, p_base_seconds => $5, p_factor => $6, p_cap_seconds => $7)
 
 -- event_attempt --
 -- The attempt number the next run of an event will be.

@@ -414,17 +414,38 @@ revoke all on function public.consume_stripe_event(text, text, jsonb) from publi
 grant execute on function public.consume_stripe_event(text, text, jsonb) to service_role;
 
 -- =============================================================================
+-- stripe_error_is_permanent: can no retry fix this error?
+-- PT002 (cannot apply as it is), data exceptions (22), integrity violations
+-- (23) and undefined objects or syntax (42) are permanent: they go dead at once
+-- for an operator. Everything else (PT001 user not known yet, deadlocks, lost
+-- connections, an exception class name from the worker) is worth retrying.
+-- =============================================================================
+create or replace function public.stripe_error_is_permanent(p_error_code text)
+returns boolean
+language sql
+immutable
+set search_path = ''
+as $$
+  select coalesce(p_error_code = 'PT002' or (p_error_code ~ '^[0-9A-Z]{5}$' and left(p_error_code, 2) in ('22', '23', '42')), false)
+$$;
+
+comment on function public.stripe_error_is_permanent(text) is
+  'True for a SQLSTATE no retry can fix (PT002, classes 22, 23, 42).';
+revoke all on function public.stripe_error_is_permanent(text) from public, anon, authenticated;
+grant execute on function public.stripe_error_is_permanent(text) to service_role;
+
+-- =============================================================================
 -- record_stripe_event_failure: count a failed attempt and schedule the next
--- Called in the transaction after the failed one. Backoff is exponential with
--- jitter (half fixed, half random, so retries of a burst spread out), capped.
--- A permanent error, or the last allowed attempt, leaves next_retry null: dead.
+-- Called in the transaction after the failed one, with the error's SQLSTATE (or
+-- the worker's exception class). Backoff is exponential with jitter (half
+-- fixed, half random, so retries of a burst spread out), capped. A permanent
+-- error, or the last allowed attempt, leaves next_retry null: dead.
 -- Returns the attempt number, when to retry, and whether the event just died.
 -- =============================================================================
 create or replace function public.record_stripe_event_failure(
   p_event_id text,
   p_error text,
   p_error_code text default null,
-  p_permanent boolean default false,
   p_max_attempts integer default 3,
   p_base_seconds double precision default 60,
   p_factor double precision default 2,
@@ -439,6 +460,7 @@ as $$
 declare
   v_event public.stripe_events;
   v_delay double precision;
+  v_permanent constant boolean := public.stripe_error_is_permanent(p_error_code);
 begin
   select * into v_event from public.stripe_events e where e.event_id = p_event_id for update;
   if v_event.event_id is null then
@@ -461,13 +483,13 @@ begin
          last_failure = now(),
          error_message = p_error,
          error_code = p_error_code,
-         permanent = p_permanent,
+         permanent = v_permanent,
          resolved_at = null,
          history = f.history || jsonb_build_object(
            'attempt', f.failure_count + 1, 'at', now(), 'error', p_error, 'code', p_error_code,
-           'permanent', p_permanent)
+           'permanent', v_permanent)
    where f.event_id = p_event_id
-   returning f.failure_count, (p_permanent or f.failure_count >= f.max_retries) into attempt, dead;
+   returning f.failure_count, (v_permanent or f.failure_count >= f.max_retries) into attempt, dead;
 
   if dead then
     next_retry := null;
@@ -485,11 +507,11 @@ begin
 end;
 $$;
 
-comment on function public.record_stripe_event_failure(text, text, text, boolean, integer, double precision, double precision, double precision) is
+comment on function public.record_stripe_event_failure(text, text, text, integer, double precision, double precision, double precision) is
   'Counts a failed attempt of an event, schedules its retry with backoff, or marks it dead.';
-revoke all on function public.record_stripe_event_failure(text, text, text, boolean, integer, double precision, double precision, double precision)
+revoke all on function public.record_stripe_event_failure(text, text, text, integer, double precision, double precision, double precision)
   from public, anon, authenticated;
-grant execute on function public.record_stripe_event_failure(text, text, text, boolean, integer, double precision, double precision, double precision)
+grant execute on function public.record_stripe_event_failure(text, text, text, integer, double precision, double precision, double precision)
   to service_role;
 
 -- =============================================================================
@@ -568,8 +590,7 @@ begin
   exception when others then
     get stacked diagnostics v_message = message_text, v_code = returned_sqlstate;
     update public.webhook_failures f set max_retries = f.failure_count + 1 where f.event_id = p_event_id;
-    perform public.record_stripe_event_failure(
-      p_event_id, v_message, v_code, v_code = 'PT002' or left(v_code, 2) in ('22', '23', '42'), 1);
+    perform public.record_stripe_event_failure(p_event_id, v_message, v_code, 1);
     v_result := 'error: ' || v_message;
   end;
   return v_result;

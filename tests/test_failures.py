@@ -234,3 +234,11 @@ async def test_requeue_and_reprocess_are_admin_only(conn, db_url, redis, role, u
     async with acting_as(conn, "authenticated", USER):  # a user sees no event rows at all
         assert await conn.fetchval("select count(*) from public.stripe_events") == 0
         assert await conn.fetchval("select count(*) from public.webhook_failures") == 0
+
+
+@pytest.mark.parametrize(("code", "permanent"), [
+    ("PT002", True), ("22P02", True), ("23505", True), ("42883", True),
+    ("PT001", False), ("40P01", False), ("57014", False), ("KeyError", False), (None, False),
+])
+async def test_which_errors_are_permanent(conn, code, permanent):
+    assert await conn.fetchval("select public.stripe_error_is_permanent($1)", code) is permanent

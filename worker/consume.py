@@ -16,18 +16,6 @@ from aipt import alerts, db, metrics, queue
 from aipt.logs import log
 from aipt.settings import Settings
 
-# SQLSTATE classes that no retry can fix: bad data, integrity, undefined objects or syntax.
-PERMANENT_CLASSES = ("22", "23", "42")
-USER_NOT_KNOWN, CANNOT_APPLY = "PT001", "PT002"
-
-
-def is_permanent(exc: BaseException) -> bool:
-    code = getattr(exc, "sqlstate", None) or ""
-    if code == USER_NOT_KNOWN:
-        return False
-    return code == CANNOT_APPLY or code[:2] in PERMANENT_CLASSES
-
-
 async def consume_event(ctx: dict, event_id: str) -> str:
     with structlog.contextvars.bound_contextvars(event_id=event_id):
         try:
@@ -69,11 +57,10 @@ async def _failed(ctx: dict, conn: asyncpg.Connection, event_id: str, exc: Excep
         log.error("event does not exist", error=str(exc))
         return "missing"
     structlog.contextvars.bind_contextvars(event_type=head["event_type"], attempt=head["attempt"])
-    permanent = is_permanent(exc)
     r = settings.retry
     attempt, next_retry, dead = await conn.fetchrow(
         db.queries["record_failure"], event_id, str(exc), getattr(exc, "sqlstate", None) or type(exc).__name__,
-        permanent, r.attempts, r.base_seconds, r.factor, r.cap_seconds,
+        r.attempts, r.base_seconds, r.factor, r.cap_seconds,
     )
     if attempt is None:
         return "duplicate"  # another attempt applied it meanwhile
@@ -83,7 +70,7 @@ async def _failed(ctx: dict, conn: asyncpg.Connection, event_id: str, exc: Excep
     if dead:
         await _announce_death(ctx, conn, event_id)
         return "dead"
-    log.warning("event failed; retry scheduled", error=str(exc), permanent=permanent, next_retry=next_retry.isoformat(),
+    log.warning("event failed; retry scheduled", error=str(exc), next_retry=next_retry.isoformat(),
                 duration_ms=round(elapsed * 1000, 2))
     try:
         await queue.enqueue_event(ctx["redis"], event_id, attempt + 1, at=next_retry)

@@ -95,11 +95,11 @@ insert into public.stripe_events (event_id, event_type, created, payload)
 select payload ->> 'id', payload ->> 'type', 6000, payload from sqlcheck_events where name = 'stranger';
 select pg_temp.expect(
   (select not dead and attempt = 1 and next_retry > now()
-     from public.record_stripe_event_failure('evt_sqlcheck_stranger', 'user not known', 'PT001', false, 2, 60, 2, 3600)),
+     from public.record_stripe_event_failure('evt_sqlcheck_stranger', 'user not known', 'PT001', 2, 60, 2, 3600)),
   'a first transient failure schedules a retry');
 select pg_temp.expect(
   (select dead and attempt = 2 and next_retry is null
-     from public.record_stripe_event_failure('evt_sqlcheck_stranger', 'user not known', 'PT001', false, 2, 60, 2, 3600)),
+     from public.record_stripe_event_failure('evt_sqlcheck_stranger', 'user not known', 'PT001', 2, 60, 2, 3600)),
   'the last attempt goes dead');
 select pg_temp.expect(
   (select status = 'error' from public.stripe_events where event_id = 'evt_sqlcheck_stranger'), 'a dead event stays error');
