@@ -267,7 +267,11 @@ begin
   if p_sub ->> 'id' is null then
     raise exception 'subscription object has no id' using errcode = 'PT002';
   end if;
-  v_user := public.stripe_resolve_user(p_sub);
+  -- A subscription we already hold keeps its user, even when this event names neither user nor known customer.
+  select s.user_id into v_user from public.user_subscriptions s where s.stripe_subscription_id = p_sub ->> 'id';
+  if v_user is null then
+    v_user := public.stripe_resolve_user(p_sub);
+  end if;
   select * into v_plan from public.plans pl where pl.stripe_price_id = v_price;
   if v_plan.id is null and not v_deleted then
     raise exception 'unknown price % (no plan maps it to a tier)', coalesce(v_price, '(none)') using errcode = 'PT002';

@@ -174,3 +174,13 @@ async def test_an_event_not_due_is_left_alone(ctx, conn):
     await conn.execute("update public.webhook_failures set next_retry = now() + interval '1 hour'")
     assert await consume_event(ctx, sub["id"]) == "not_due"
     assert await conn.fetchval("select failure_count from public.webhook_failures") == 1
+
+
+async def test_a_known_subscription_keeps_its_user_when_the_event_names_none(ctx, conn):
+    created = fixtures.load("customer.subscription.created")  # metadata.user_id present
+    deleted = fixtures.load("customer.subscription.deleted")
+    deleted["data"]["object"]["metadata"] = {}
+    deleted["data"]["object"]["customer"] = "cus_never_seen"
+    assert await apply(ctx, conn, [created, deleted]) == ["ok", "ok"]
+    row = await conn.fetchrow("select user_id::text, status from public.user_subscriptions")
+    assert (row["user_id"], row["status"]) == (USER, "canceled")

@@ -1,9 +1,11 @@
 """The arq worker end to end: jobs from ingest, the sweeper healing lost enqueues, Redis outages."""
 
+import asyncio
+
 import pytest
 
 from aipt import fixtures, queue
-from tests.billing import billing_state, seed_catalogue, status
+from tests.billing import billing_state, seed_catalogue, status, store
 from tests.conftest import make_settings, post_event, run_worker, through
 
 import httpx
@@ -60,3 +62,20 @@ async def test_the_sweeper_leaves_fresh_pending_rows_to_their_own_job(client, co
     await redis.delete(make_settings(db_url).queue.name)
     await run_worker(s)
     assert await status(conn, event["id"]) == "pending"
+
+
+async def test_postgres_down_in_the_worker_loses_nothing_and_heals(db_url, conn, redis, pg_proxy):
+    await seed_catalogue(conn)
+    s = make_settings(through(db_url, pg_proxy))
+    redis.default_queue_name = s.queue.name
+    event = fixtures.load("checkout.session.completed")
+    await store(conn, event)
+    await queue.enqueue_event(redis, event["id"])
+    pg_proxy.cut()
+    worker = asyncio.create_task(run_worker(s))
+    await asyncio.sleep(0.5)  # the job meets a dead database and is deferred, more than once
+    assert await status(conn, event["id"]) == "pending"
+    pg_proxy.restore()
+    await asyncio.wait_for(worker, 30)
+    assert await status(conn, event["id"]) == "ok"
+    assert len((await billing_state(conn))["purchases"]) == 1
