@@ -144,18 +144,8 @@ select * from public.v_rate_limit_top_users
 order by requests_last_day desc, last_request desc
 limit $1
 
--- insert_event_limited --
--- Spend a token of the shared stripe_webhook bucket and store the event, in one statement.
--- allowed false: nothing stored, answer 429 with retry_after seconds.
-with rl as (
-  select r.allowed, r.reset_time from public.f_check_rate_limit(p_endpoint_key => 'stripe_webhook') r
-), ins as (
-  insert into public.stripe_events (event_id, event_type, api_version, created, livemode, payload)
-  select $1, $2, $3, $4, $5, $6::jsonb from rl where rl.allowed
-  on conflict (event_id) do nothing
-  returning event_id
-)
-select rl.allowed,
-       greatest(1, ceil(extract(epoch from rl.reset_time - now())))::int as retry_after,
-       exists (select 1 from ins) as inserted
-from rl
+-- check_webhook_limit --
+-- Spend a token of the shared stripe_webhook bucket. Its own statement: the bucket row is unlogged and
+-- its lock is released at once, instead of being held through the event insert's WAL flush.
+select r.allowed, greatest(1, ceil(extract(epoch from r.reset_time - now())))::int as retry_after
+from public.f_check_rate_limit(p_endpoint_key => 'stripe_webhook') r

@@ -6,12 +6,18 @@ id and the attempt number, so the same ring twice is one job, while a retry is a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import time
 
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.constants import expires_extra_ms, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
 from redis.asyncio import ConnectionPool
 
+from aipt import metrics
+from aipt.logs import log
 from aipt.settings import Settings
 
 CONSUME = "consume_event"
@@ -53,3 +59,71 @@ async def queue_depth(redis: ArqRedis) -> int:
 
 async def close(redis: ArqRedis) -> None:
     await redis.aclose(close_connection_pool=True)
+
+
+# arq's enqueue_job for many first attempts in one round trip: the same keys, payload and dedup rule
+# (a job or result key already there means the job exists), without WATCH/MULTI per job.
+_ENQUEUE_MANY = """
+local expires, job_prefix, result_prefix, score = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+for i = 5, #ARGV, 2 do
+  local id = ARGV[i]
+  if redis.call('exists', job_prefix .. id, result_prefix .. id) == 0 then
+    redis.call('psetex', job_prefix .. id, expires, ARGV[i + 1])
+    redis.call('zadd', KEYS[1], score, id)
+  end
+end
+"""
+
+
+async def enqueue_first_attempts(redis: ArqRedis, event_ids: list[str]) -> None:
+    now_ms = int(time.time() * 1000)
+    argv: list = [expires_extra_ms, job_key_prefix, result_key_prefix, now_ms]
+    for event_id in event_ids:
+        argv += [job_id(event_id, 1), serialize_job(CONSUME, (event_id,), {}, None, now_ms)]
+    await redis.eval(_ENQUEUE_MANY, 1, redis.default_queue_name, *argv)
+
+
+class Doorbell:
+    """Rings for stored events in batches, off the request path: one Redis call per batch.
+
+    Best effort by design: an id still in memory when the process dies, or a batch Redis refuses, is
+    found by the sweeper, because the event row is already committed.
+    """
+
+    def __init__(self, redis: ArqRedis, max_batch: int = 500):
+        self.redis, self.max_batch = redis, max_batch
+        self._ids: list[str] = []
+        self._wake = asyncio.Event()
+        self._sending = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def ring(self, event_id: str) -> None:
+        self._ids.append(event_id)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Send everything rung so far (waiting for a batch already on its way)."""
+        async with self._sending:
+            while self._ids:
+                batch, self._ids = self._ids[: self.max_batch], self._ids[self.max_batch :]
+                try:
+                    await enqueue_first_attempts(self.redis, batch)
+                except Exception as exc:  # noqa: BLE001 - the sweeper enqueues pending rows
+                    metrics.ENQUEUE_FAILURES.inc(len(batch))
+                    log.warning("enqueue failed; the sweeper will pick them up", event_ids=batch, error=str(exc))
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()

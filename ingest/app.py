@@ -1,7 +1,8 @@
 """The ASGI app: POST /webhooks/stripe, /healthz, /readyz, /metrics.
 
-An event is acknowledged only after its row is committed; the enqueue that follows is best effort,
-because the worker's sweeper finds every pending row even if Redis never heard of it.
+An event is acknowledged only after its row is committed; the enqueue that follows is best effort and
+batched off the request path, because the worker's sweeper finds every pending row even if Redis
+never heard of it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import time
 
 import asyncpg
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
@@ -52,25 +52,16 @@ async def store(pool: asyncpg.Pool, event: webhook.Event, s: settings.Settings) 
     args = (event.id, event.type, event.api_version, event.created, event.livemode, event.body)
     try:
         async with pool.acquire(timeout=s.db.connect_timeout_seconds) as conn:
-            if not s.ratelimit.webhook_enabled:
-                return await conn.fetchval(db.queries["insert_event"], *args) is not None
-            allowed, retry_after, inserted = await conn.fetchrow(db.queries["insert_event_limited"], *args)
+            if s.ratelimit.webhook_enabled:
+                allowed, retry_after = await conn.fetchrow(db.queries["check_webhook_limit"])
+                if not allowed:
+                    raise Limited(retry_after)
+            return await conn.fetchval(db.queries["insert_event"], *args) is not None
     except asyncpg.DataError as exc:
         # JSON that Postgres cannot hold (e.g. \u0000 in a string) is bad input, not an outage.
         raise webhook.Rejected(f"body cannot be stored as JSON: {exc}") from None
     except (*db.UNAVAILABLE, asyncpg.PostgresError) as exc:
         raise db.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
-    if not allowed:
-        raise Limited(retry_after)
-    return inserted
-
-
-async def ring(redis, event_id: str) -> None:
-    try:
-        await queue.enqueue_event(redis, event_id)
-    except Exception as exc:  # noqa: BLE001 - any queue failure is healed by the sweeper
-        metrics.ENQUEUE_FAILURES.inc()
-        log.warning("enqueue failed; the sweeper will pick the event up", event_id=event_id, error=str(exc))
 
 
 async def stripe_webhook(request: Request) -> JSONResponse:
@@ -103,8 +94,9 @@ async def receive(request: Request) -> tuple[JSONResponse, str]:
         return JSONResponse({"error": "database unavailable, retry later"}, status_code=503), "unavailable"
     outcome = "accepted" if new else "duplicate"
     log.info("webhook " + outcome, event_id=event.id, event_type=event.type)
-    task = BackgroundTask(ring, request.app.state.redis, event.id) if new else None
-    return JSONResponse({"received": True, "duplicate": not new}, background=task), outcome
+    if new:
+        request.app.state.doorbell.ring(event.id)
+    return JSONResponse({"received": True, "duplicate": not new}), outcome
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -141,9 +133,12 @@ async def lifespan(app: Starlette):
     # min_size=0: the app starts (and answers 503) while Postgres is down, and heals when it is back.
     app.state.pool = await db.create_pool(s, min_size=0)
     app.state.redis = queue.connect(s)
+    app.state.doorbell = queue.Doorbell(app.state.redis)
+    app.state.doorbell.start()
     try:
         yield
     finally:
+        await app.state.doorbell.close()
         await app.state.pool.close()
         await queue.close(app.state.redis)
 

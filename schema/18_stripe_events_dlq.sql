@@ -132,17 +132,22 @@ as $$
 declare
   v_neuron text := nullif(p_object -> 'metadata' ->> 'neuron_id', '');
   v_bundle text := nullif(p_object -> 'metadata' ->> 'bundle_id', '');
+  v_uuid constant text := '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$';
 begin
   if v_neuron is not null and v_bundle is not null then
     raise exception 'metadata names both a neuron and a bundle' using errcode = 'PT002';
   end if;
+  if coalesce(v_neuron, v_bundle) !~ v_uuid then
+    raise exception 'metadata product id % is not a uuid', coalesce(v_neuron, v_bundle) using errcode = 'PT002';
+  end if;
+  -- Compared as uuids, so the primary key serves the lookup.
   if v_neuron is not null then
-    select n.id into neuron_id from public.neurons n where n.id::text = lower(v_neuron);
+    select n.id into neuron_id from public.neurons n where n.id = v_neuron::uuid;
     if neuron_id is null then
       raise exception 'unknown neuron %', v_neuron using errcode = 'PT002';
     end if;
   elsif v_bundle is not null then
-    select b.id into bundle_id from public.bundles b where b.id::text = lower(v_bundle);
+    select b.id into bundle_id from public.bundles b where b.id = v_bundle::uuid;
     if bundle_id is null then
       raise exception 'unknown bundle %', v_bundle using errcode = 'PT002';
     end if;

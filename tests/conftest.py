@@ -180,6 +180,7 @@ async def client(settings):
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as c:
+            c.app = app  # tests reach the doorbell: `await client.app.state.doorbell.flush()`
             yield c
 
 

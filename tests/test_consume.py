@@ -184,3 +184,17 @@ async def test_a_known_subscription_keeps_its_user_when_the_event_names_none(ctx
     assert await apply(ctx, conn, [created, deleted]) == ["ok", "ok"]
     row = await conn.fetchrow("select user_id::text, status from public.user_subscriptions")
     assert (row["user_id"], row["status"]) == (USER, "canceled")
+
+
+@pytest.mark.parametrize(("metadata", "error"), [
+    ({"neuron_id": "not-a-uuid"}, "is not a uuid"),
+    ({"neuron_id": "00000000-0000-4000-8000-000000000000"}, "unknown neuron"),
+    ({"bundle_id": "00000000-0000-4000-8000-000000000000"}, "unknown bundle"),
+    ({"neuron_id": "17ea841a-9ee1-4f9e-87e6-a1f2dbc1edd3", "bundle_id": "00000000-0000-4000-8000-000000000000"}, "both"),
+])
+async def test_a_purchase_naming_a_bad_product_goes_dead_at_once(ctx, conn, metadata, error):
+    event = fixtures.load("payment_intent.succeeded")
+    event["data"]["object"]["metadata"] = {"user_id": USER, **metadata}
+    assert await apply(ctx, conn, [event]) == ["dead"]
+    assert error in await conn.fetchval("select error_message from public.webhook_failures")
+

@@ -16,6 +16,7 @@ async def test_ingest_then_worker_applies_the_story(client, conn, settings, redi
     await seed_catalogue(conn)
     for t in ("payment_intent.succeeded", "checkout.session.completed", "customer.subscription.created"):
         assert (await post_event(client, fixtures.load(t))).status_code == 200
+    await client.app.state.doorbell.flush()
     assert await queue.queue_depth(redis) == 3
     await run_worker(settings)
     assert [r["status"] for r in await conn.fetch("select status from public.stripe_events")] == ["ok"] * 3
