@@ -16,6 +16,8 @@ EVENT_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
 
+CLEANUP_DELETED = Counter("aipt_cleanup_deleted_rows_total", "Rows deleted by the retention cleanups, by table.", ["table"])
+
 
 def render() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST

@@ -159,3 +159,31 @@ select rl.allowed,
        greatest(1, ceil(extract(epoch from rl.reset_time - now())))::int as retry_after,
        exists (select 1 from ins) as inserted
 from rl
+
+-- cleanup_begin --
+-- Lock a cleanup job and record its run; run_id null (with the reason) when another run holds it or the slot ran.
+select run_id, refused from public.cleanup_begin(p_job => $1, p_slot => $2, p_run_by => $3)
+
+-- cleanup_finish --
+-- Close a cleanup run, ok ($2 null) or with an error; returns the run with its counts.
+select id, job, status, counts, batches, started_at, finished_at, error from public.cleanup_finish(p_run_id => $1, p_error => $2)
+
+-- cleanup_stripe_events --
+-- One batch (or, dry run, a count) of finished Stripe events past retention, with their failure rows.
+select table_name, deleted_count from public.cleanup_stripe_events(
+  p_event_days => $1, p_failure_days => $2, p_batch_size => $3, p_dry_run => $4, p_run_id => $5)
+
+-- cleanup_webhook_failures --
+-- One batch (or, dry run, a count) of failure history of events that succeeded later.
+select table_name, deleted_count from public.cleanup_webhook_failures(
+  p_failure_days => $1, p_batch_size => $2, p_dry_run => $3, p_run_id => $4)
+
+-- cleanup_rate_limit --
+-- One batch (or, dry run, a count) of old rate_limit_log rows and idle rate_limit_buckets.
+select table_name, deleted_count from public.cleanup_rate_limit(
+  p_log_days => $1, p_bucket_days => $2, p_batch_size => $3, p_dry_run => $4, p_run_id => $5)
+
+-- cleanup_deleted_content --
+-- Hard-delete content soft-deleted 90 days ago (f_cleanup_old_deleted_data), or count it (dry run).
+select table_name, deleted_count from public.cleanup_deleted_content(p_dry_run => $1, p_run_id => $2)
+

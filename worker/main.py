@@ -1,4 +1,4 @@
-"""arq worker settings: the consume job, the crons, and the resources they share.
+"""arq worker settings: the consume job, the crons (sweeper, cleanups), and the resources they share.
 
 Built from our settings at start-up (arq reads a plain settings object), with arq's own retry and
 result bookkeeping turned down: Postgres counts attempts, and a kept result would block requeues.
@@ -12,7 +12,7 @@ from arq.worker import Worker
 from aipt import alerts, db, logs, queue
 from aipt.logs import log
 from aipt.settings import Settings
-from worker import sweeper
+from worker import cleanup, sweeper
 from worker.consume import consume_event
 
 
@@ -33,7 +33,7 @@ def build(settings: Settings, **overrides) -> Worker:
 
     options = dict(
         functions=[func(consume_event, name=queue.CONSUME, max_tries=1000)],
-        cron_jobs=[sweeper.schedule(settings)],
+        cron_jobs=[sweeper.schedule(settings), *cleanup.schedules(settings)],
         on_startup=startup,
         on_shutdown=shutdown,
         redis_settings=queue.redis_settings(settings),
