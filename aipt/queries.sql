@@ -187,3 +187,10 @@ select table_name, deleted_count from public.cleanup_rate_limit(
 -- Hard-delete content soft-deleted 90 days ago (f_cleanup_old_deleted_data), or count it (dry run).
 select table_name, deleted_count from public.cleanup_deleted_content(p_dry_run => $1, p_run_id => $2)
 
+-- queue_gauges --
+-- Cheap, index-backed: dead events, events waiting for a retry, age of the oldest pending event (seconds).
+select (select count(*) from public.webhook_failures f
+         where f.dead_at is not null and f.resolved_at is null and f.next_retry is null) as dead,
+       (select count(*) from public.webhook_failures f where f.next_retry is not null) as retrying,
+       (select extract(epoch from now() - min(e.received_at))::float8 from public.stripe_events e
+         where e.status = 'pending') as oldest_pending_seconds

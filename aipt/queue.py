@@ -51,5 +51,10 @@ async def queue_depth(redis: ArqRedis) -> int:
     return await redis.zcard(redis.default_queue_name)
 
 
+def health_check_key(settings: Settings) -> str:
+    """Where arq workers write their heartbeat (expires health_check_seconds + 1 s after the last one)."""
+    return settings.queue.name + ":health-check"
+
+
 async def close(redis: ArqRedis) -> None:
     await redis.aclose(close_connection_pool=True)

@@ -111,6 +111,12 @@ class Cleanup(BaseModel):
         return int(hour), int(minute)
 
 
+class Metrics(BaseModel):
+    worker_host: str
+    worker_port: int = Field(ge=0, lt=65536)
+    refresh_seconds: float = Field(gt=0)
+
+
 class Alerts(BaseModel):
     dead_threshold: int = Field(ge=1)
     timeout_seconds: float = Field(gt=0)
@@ -145,6 +151,7 @@ class Settings(BaseSettings):
     alerts: Alerts
     ratelimit: Ratelimit
     cleanup: Cleanup
+    metrics: Metrics
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):

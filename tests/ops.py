@@ -1,8 +1,14 @@
-"""Helpers for the operations tests (cleanups, status, metrics): backdated events."""
+"""Helpers for the operations tests (cleanups, status, metrics): backdated events and a live worker."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import uuid
+
+from aipt import queue
+from tests.conftest import wait_for
 
 
 async def event(conn, status: str, received: float, processed: float | None = None, failure: dict | None = None) -> str:
@@ -37,3 +43,23 @@ async def remaining(conn, table: str = "stripe_events") -> set[str]:
 async def remaining(conn, table: str = "stripe_events") -> set[str]:
     return {r["event_id"] for r in await conn.fetch(f"select event_id from public.{table}")}
 
+
+@contextlib.asynccontextmanager
+async def live_worker(settings):
+    """A real worker (not burst) until the block ends: it writes the heartbeat and runs the sweeper."""
+    from worker.main import build
+
+    handlers = logging.root.handlers[:]
+    w = build(settings, handle_signals=False)
+    task = asyncio.create_task(w.main())
+    redis = queue.connect(settings)
+    try:
+        await wait_for(lambda: redis.exists(queue.health_check_key(settings)), timeout=10)
+        yield w
+    finally:
+        logging.root.handlers[:] = handlers  # a command run meanwhile logged to its runner's closed stream
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await w.close()
+        await queue.close(redis)

@@ -134,6 +134,7 @@ async def run(settings: Settings, job: str, slot: dt.datetime | None = None, run
     if outcome.status == "error":
         log.error("cleanup failed", error=outcome.note, **fields)
     else:
+        metrics.CLEANUP_LAST_SUCCESS.labels(job=job).set(time.time())
         log.info("cleanup finished", **fields)
     return outcome
 

@@ -45,6 +45,7 @@ async def _consume(ctx: dict, event_id: str) -> str:
     elapsed = time.perf_counter() - started
     metrics.EVENTS.labels(event_type=row["event_type"], outcome=row["outcome"]).inc()
     metrics.EVENT_SECONDS.observe(elapsed)
+    metrics.EVENT_ATTEMPTS.observe(row["attempt"])
     log.info("event " + row["outcome"], event_type=row["event_type"], attempt=row["attempt"],
              duration_ms=round(elapsed * 1000, 2))
     return row["outcome"]
@@ -67,6 +68,7 @@ async def _failed(ctx: dict, conn: asyncpg.Connection, event_id: str, exc: Excep
     outcome = "dead" if dead else "retry"
     metrics.EVENTS.labels(event_type=head["event_type"], outcome=outcome).inc()
     metrics.EVENT_SECONDS.observe(elapsed)
+    metrics.EVENT_ATTEMPTS.observe(attempt)
     if dead:
         await _announce_death(ctx, conn, event_id)
         return "dead"
