@@ -194,3 +194,10 @@ select (select count(*) from public.webhook_failures f
        (select count(*) from public.webhook_failures f where f.next_retry is not null) as retrying,
        (select extract(epoch from now() - min(e.received_at))::float8 from public.stripe_events e
          where e.status = 'pending') as oldest_pending_seconds
+
+-- event_state --
+-- What an event is now, for the log line of a job that found it not due.
+select e.event_type, e.status, f.next_retry, coalesce(f.failure_count, 0) as failures
+from public.stripe_events e
+left join public.webhook_failures f on f.event_id = e.event_id
+where e.event_id = $1

@@ -1,4 +1,4 @@
-"""Metrics move when events flow: web /metrics, the worker's counters, gauges and metrics port."""
+"""Metrics move when events flow (web /metrics, the worker's counters, gauges and port); event log lines carry their fields."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aipt import fixtures, metrics, queue
 from tests.billing import seed_catalogue, store
-from tests.conftest import make_settings, post_event, run_worker, wait_for
+from tests.conftest import captured_logs, make_settings, post_event, run_worker, wait_for
 from tests.ops import event, live_worker
 from worker import gauges
+from worker.consume import consume_event
 
 
 def sample(text: str, name: str, **labels) -> float:
@@ -106,3 +107,30 @@ async def test_a_running_worker_keeps_its_gauges_fresh(conn, db_url):
 async def _dead_gauge(n: int) -> bool:
     return registry_value("aipt_dead_events") == n
 
+
+async def test_every_log_line_about_an_event_carries_id_type_attempt_and_duration(conn, settings, pool, redis):
+    await seed_catalogue(conn)
+    ok = fixtures.load("checkout.session.completed")
+    failing = fixtures.load("subscription_created", "legacy")
+    for e in (ok, failing):
+        await store(conn, e)
+    ctx = {"settings": settings.model_copy(update={"retry": settings.retry.model_copy(update={"attempts": 2})}),
+           "pool": pool, "redis": redis}
+    with captured_logs() as logs:
+        await consume_event({**ctx, "job_id": f"stripe:{ok['id']}:1"}, ok["id"])  # applied
+        await consume_event({**ctx, "job_id": f"stripe:{ok['id']}:1"}, ok["id"])  # not due: done
+        await consume_event({**ctx, "job_id": f"stripe:{failing['id']}:1"}, failing["id"])  # retry scheduled
+        await conn.execute("update public.webhook_failures set next_retry = now()")
+        await consume_event({**ctx, "job_id": f"stripe:{failing['id']}:2"}, failing["id"])  # dead
+        await consume_event({**ctx, "job_id": "stripe:evt_gone:1"}, "evt_gone")  # no such event
+    about_events = [e for e in logs if "event_id" in e]
+    assert {e["event"] for e in about_events} >= {
+        "event ok", "event not due (done, dead, or its retry is later)", "event failed; retry scheduled",
+        "event dead: no more automatic attempts", "event not due: no such event",
+    }
+    for e in about_events:
+        assert {"event_id", "event_type", "attempt", "duration_ms"} <= e.keys(), e
+        if e["event_id"] != "evt_gone":
+            assert e["event_type"] and e["attempt"] in (1, 2), e
+    [dead] = [e for e in about_events if e["event"].startswith("event dead")]
+    assert (dead["event_type"], dead["attempt"]) == ("customer.subscription.created", 2)
