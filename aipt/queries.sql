@@ -187,6 +187,12 @@ select table_name, deleted_count from public.cleanup_rate_limit(
 -- Hard-delete content soft-deleted 90 days ago (f_cleanup_old_deleted_data), or count it (dry run).
 select table_name, deleted_count from public.cleanup_deleted_content(p_dry_run => $1, p_run_id => $2)
 
+-- last_cleanup_runs --
+-- The latest run of each cleanup job.
+select distinct on (r.job) r.job, r.status, r.started_at, r.finished_at, r.counts, r.batches, r.error, r.run_by
+from public.cleanup_runs r
+order by r.job, r.started_at desc
+
 -- queue_gauges --
 -- Cheap, index-backed: dead events, events waiting for a retry, age of the oldest pending event (seconds).
 select (select count(*) from public.webhook_failures f
@@ -194,6 +200,14 @@ select (select count(*) from public.webhook_failures f
        (select count(*) from public.webhook_failures f where f.next_retry is not null) as retrying,
        (select extract(epoch from now() - min(e.received_at))::float8 from public.stripe_events e
          where e.status = 'pending') as oldest_pending_seconds
+
+-- events_by_status --
+-- Events received in the last day by status, and how many of them in the last hour.
+select e.status, count(*) filter (where e.received_at >= now() - interval '1 hour') as last_hour, count(*) as last_day
+from public.stripe_events e
+where e.received_at >= now() - interval '1 day'
+group by e.status
+order by e.status
 
 -- event_state --
 -- What an event is now, for the log line of a job that found it not due.

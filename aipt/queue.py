@@ -7,6 +7,7 @@ id and the attempt number, so the same ring twice is one job, while a retry is a
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import in_progress_key_prefix, job_key_prefix
@@ -54,6 +55,31 @@ async def queue_depth(redis: ArqRedis) -> int:
 def health_check_key(settings: Settings) -> str:
     """Where arq workers write their heartbeat (expires health_check_seconds + 1 s after the last one)."""
     return settings.queue.name + ":health-check"
+
+
+async def heartbeat(redis: ArqRedis, key: str) -> tuple[str | None, float | None]:
+    """The last heartbeat a worker wrote and the seconds it has left; (None, None) when no worker is alive."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.get(key)
+        pipe.pttl(key)
+        value, ttl_ms = await pipe.execute()
+    if value is None:
+        return None, None
+    return value.decode(), (ttl_ms / 1000 if ttl_ms and ttl_ms > 0 else None)
+
+
+def _cron_key(redis: ArqRedis, name: str) -> str:
+    return f"{redis.default_queue_name}:cron:{name}"
+
+
+async def note_cron_run(redis: ArqRedis, name: str, keep_seconds: int = 7 * 86400, **fields) -> None:
+    """Remember the last run of a frequent cron (the sweeper) for `aipt status`."""
+    await redis.set(_cron_key(redis, name), json.dumps(fields, default=str), ex=keep_seconds)
+
+
+async def last_cron_run(redis: ArqRedis, name: str) -> dict | None:
+    raw = await redis.get(_cron_key(redis, name))
+    return None if raw is None else json.loads(raw)
 
 
 async def close(redis: ArqRedis) -> None:

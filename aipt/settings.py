@@ -111,6 +111,10 @@ class Cleanup(BaseModel):
         return int(hour), int(minute)
 
 
+class Status(BaseModel):
+    pending_max_age_seconds: float = Field(gt=0)
+
+
 class Metrics(BaseModel):
     worker_host: str
     worker_port: int = Field(ge=0, lt=65536)
@@ -151,6 +155,7 @@ class Settings(BaseSettings):
     alerts: Alerts
     ratelimit: Ratelimit
     cleanup: Cleanup
+    status: Status
     metrics: Metrics
 
     @classmethod

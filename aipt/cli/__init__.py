@@ -36,6 +36,7 @@ app.command()(service.web)
 app.command()(service.worker)
 app.command("send-test-event")(service.send_test_event)
 app.command()(dev.dev)
+app.command()(ops.status)
 app.command()(ops.cleanup)
 
 # Command groups, one module each.
