@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from aipt import db
 from tests import content
-from tests.conftest import make_settings, run_worker
+from tests.conftest import make_settings, run_worker, wait_for
 from tests.ops import event, remaining
 from tests.roles import acting_as
 from worker import cleanup
@@ -183,6 +183,20 @@ async def test_a_run_in_progress_holds_the_lock_and_a_killed_one_is_closed_as_ab
     assert outcome.status == "ok" and outcome.counts["stripe_events"] == 4
     killed = await conn.fetchrow("select status, error, finished_at from public.cleanup_runs where id = $1", run_id)
     assert killed["status"] == "abandoned" and killed["finished_at"] is not None
+
+
+async def test_a_cancelled_run_is_closed_as_an_error_with_its_exact_counts_and_frees_the_lock(conn, db_url, story):
+    # What arq does at a job timeout or a worker stopping: cancel the task, here during a pause.
+    s = make_settings(db_url, cleanup={"batch_size": 1, "pause_seconds": 5})
+    task = asyncio.create_task(cleanup.run(s, "stripe_events"))
+    await wait_for(lambda: conn.fetchval("select batches = 1 from public.cleanup_runs"))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    run = await conn.fetchrow("select status, error, counts from public.cleanup_runs")
+    assert run["status"] == "error" and run["error"].startswith("cancelled")
+    assert json.loads(run["counts"])["stripe_events"] == 12 - len(await remaining(conn)) == 1
+    assert (await cleanup.run(make_settings(db_url), "stripe_events")).status == "ok"
 
 
 async def test_a_failing_batch_is_recorded_as_an_error(conn, db_url, settings, story):
