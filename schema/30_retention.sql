@@ -222,7 +222,7 @@ grant execute on function public.cleanup_finish(bigint, text) to authenticated, 
 create or replace function public.cleanup_stripe_events(
   p_event_days integer default 90,
   p_failure_days integer default 30,
-  p_batch_size integer default 5000,
+  p_batch_size integer default 1000,
   p_dry_run boolean default false,
   p_run_id bigint default null)
 returns table (table_name text, deleted_count bigint)
@@ -294,7 +294,7 @@ grant execute on function public.cleanup_stripe_events(integer, integer, integer
 -- -----------------------------------------------------------------------------
 create or replace function public.cleanup_webhook_failures(
   p_failure_days integer default 30,
-  p_batch_size integer default 5000,
+  p_batch_size integer default 1000,
   p_dry_run boolean default false,
   p_run_id bigint default null)
 returns table (table_name text, deleted_count bigint)
@@ -342,7 +342,7 @@ grant execute on function public.cleanup_webhook_failures(integer, integer, bool
 create or replace function public.cleanup_rate_limit(
   p_log_days integer default 7,
   p_bucket_days integer default 30,
-  p_batch_size integer default 5000,
+  p_batch_size integer default 1000,
   p_dry_run boolean default false,
   p_run_id bigint default null)
 returns table (table_name text, deleted_count bigint)
