@@ -149,3 +149,59 @@ limit $1
 -- its lock is released at once, instead of being held through the event insert's WAL flush.
 select r.allowed, greatest(1, ceil(extract(epoch from r.reset_time - now())))::int as retry_after
 from public.f_check_rate_limit(p_endpoint_key => 'stripe_webhook') r
+
+-- cleanup_begin --
+-- Lock a cleanup job and record its run; run_id null (with the reason) when another run holds it or the slot ran.
+select run_id, refused from public.cleanup_begin(p_job => $1, p_slot => $2, p_run_by => $3)
+
+-- cleanup_finish --
+-- Close a cleanup run, ok ($2 null) or with an error; returns the run with its counts.
+select id, job, status, counts, batches, started_at, finished_at, error from public.cleanup_finish(p_run_id => $1, p_error => $2)
+
+-- cleanup_stripe_events --
+-- One batch (or, dry run, a count) of finished Stripe events past retention, with their failure rows.
+select table_name, deleted_count from public.cleanup_stripe_events(
+  p_event_days => $1, p_failure_days => $2, p_batch_size => $3, p_dry_run => $4, p_run_id => $5)
+
+-- cleanup_webhook_failures --
+-- One batch (or, dry run, a count) of failure history of events that succeeded later.
+select table_name, deleted_count from public.cleanup_webhook_failures(
+  p_failure_days => $1, p_batch_size => $2, p_dry_run => $3, p_run_id => $4)
+
+-- cleanup_rate_limit --
+-- One batch (or, dry run, a count) of old rate_limit_log rows and idle rate_limit_buckets.
+select table_name, deleted_count from public.cleanup_rate_limit(
+  p_log_days => $1, p_bucket_days => $2, p_batch_size => $3, p_dry_run => $4, p_run_id => $5)
+
+-- cleanup_deleted_content --
+-- Hard-delete content soft-deleted 90 days ago (f_cleanup_old_deleted_data), or count it (dry run).
+select table_name, deleted_count from public.cleanup_deleted_content(p_dry_run => $1, p_run_id => $2)
+
+-- last_cleanup_runs --
+-- The latest run of each cleanup job.
+select distinct on (r.job) r.job, r.status, r.started_at, r.finished_at, r.counts, r.batches, r.error, r.run_by
+from public.cleanup_runs r
+order by r.job, r.started_at desc
+
+-- queue_gauges --
+-- Cheap, index-backed: dead events, events waiting for a retry, age of the oldest pending event (seconds).
+select (select count(*) from public.webhook_failures f
+         where f.dead_at is not null and f.resolved_at is null and f.next_retry is null) as dead,
+       (select count(*) from public.webhook_failures f where f.next_retry is not null) as retrying,
+       (select extract(epoch from now() - min(e.received_at))::float8 from public.stripe_events e
+         where e.status = 'pending') as oldest_pending_seconds
+
+-- events_by_status --
+-- Events received in the last day by status, and how many of them in the last hour.
+select e.status, count(*) filter (where e.received_at >= now() - interval '1 hour') as last_hour, count(*) as last_day
+from public.stripe_events e
+where e.received_at >= now() - interval '1 day'
+group by e.status
+order by e.status
+
+-- event_state --
+-- What an event is now, for the log line of a job that found it not due.
+select e.event_type, e.status, f.next_retry, coalesce(f.failure_count, 0) as failures
+from public.stripe_events e
+left join public.webhook_failures f on f.event_id = e.event_id
+where e.event_id = $1

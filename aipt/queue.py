@@ -7,9 +7,9 @@ id and the attempt number, so the same ring twice is one job, while a retry is a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import time
+import json
 
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import expires_extra_ms, in_progress_key_prefix, job_key_prefix, result_key_prefix
@@ -57,6 +57,36 @@ async def queue_depth(redis: ArqRedis) -> int:
     return await redis.zcard(redis.default_queue_name)
 
 
+def health_check_key(settings: Settings) -> str:
+    """Where arq workers write their heartbeat (expires health_check_seconds + 1 s after the last one)."""
+    return settings.queue.name + ":health-check"
+
+
+async def heartbeat(redis: ArqRedis, key: str) -> tuple[str | None, float | None]:
+    """The last heartbeat a worker wrote and the seconds it has left; (None, None) when no worker is alive."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.get(key)
+        pipe.pttl(key)
+        value, ttl_ms = await pipe.execute()
+    if value is None:
+        return None, None
+    return value.decode(), (ttl_ms / 1000 if ttl_ms and ttl_ms > 0 else None)
+
+
+def _cron_key(redis: ArqRedis, name: str) -> str:
+    return f"{redis.default_queue_name}:cron:{name}"
+
+
+async def note_cron_run(redis: ArqRedis, name: str, keep_seconds: int = 7 * 86400, **fields) -> None:
+    """Remember the last run of a frequent cron (the sweeper) for `aipt status`."""
+    await redis.set(_cron_key(redis, name), json.dumps(fields, default=str), ex=keep_seconds)
+
+
+async def last_cron_run(redis: ArqRedis, name: str) -> dict | None:
+    raw = await redis.get(_cron_key(redis, name))
+    return None if raw is None else json.loads(raw)
+
+
 async def close(redis: ArqRedis) -> None:
     await redis.aclose(close_connection_pool=True)
 
@@ -95,6 +125,7 @@ class Doorbell:
         self._ids: list[str] = []
         self._wake = asyncio.Event()
         self._sending = asyncio.Lock()
+        self._closing = False
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -105,7 +136,7 @@ class Doorbell:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             await self.flush()
@@ -122,8 +153,9 @@ class Doorbell:
                     log.warning("enqueue failed; the sweeper will pick them up", event_ids=batch, error=str(exc))
 
     async def close(self) -> None:
+        """Send what is left and stop. No cancel: cancelling redis-py mid-command can hang its connection."""
+        self._closing = True
+        self._wake.set()
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         await self.flush()

@@ -76,6 +76,51 @@ class Ratelimit(BaseModel):
     webhook_enabled: bool
 
 
+CLEANUP_JOBS = ("stripe_events", "webhook_failures", "rate_limit", "deleted_content")
+
+
+class Cleanup(BaseModel):
+    stripe_events_days: int = Field(ge=1)
+    webhook_failures_days: int = Field(ge=1)
+    rate_limit_log_days: int = Field(ge=1)
+    rate_limit_buckets_days: int = Field(ge=1)
+    batch_size: int = Field(gt=0, le=100_000)
+    pause_seconds: float = Field(ge=0)
+    max_seconds: float = Field(gt=0)
+    stripe_events_at: str
+    webhook_failures_at: str
+    rate_limit_at: str
+    deleted_content_at: str
+
+    @field_validator("stripe_events_at", "webhook_failures_at", "rate_limit_at", "deleted_content_at")
+    @classmethod
+    def _time_of_day(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v != "off":
+            hour, _, minute = v.partition(":")
+            if not (hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60 and len(minute) == 2):
+                raise ValueError('must be a time of day as HH:MM (e.g. "03:10"), or "off"')
+        return v
+
+    def at(self, job: str) -> tuple[int, int] | None:
+        """(hour, minute) when the job runs each day, or None when it is off."""
+        value = getattr(self, f"{job}_at")
+        if value == "off":
+            return None
+        hour, minute = value.split(":")
+        return int(hour), int(minute)
+
+
+class Status(BaseModel):
+    pending_max_age_seconds: float = Field(gt=0)
+
+
+class Metrics(BaseModel):
+    worker_host: str
+    worker_port: int = Field(ge=0, lt=65536)
+    refresh_seconds: float = Field(gt=0)
+
+
 class Alerts(BaseModel):
     dead_threshold: int = Field(ge=1)
     timeout_seconds: float = Field(gt=0)
@@ -109,6 +154,9 @@ class Settings(BaseSettings):
     sweeper: Sweeper
     alerts: Alerts
     ratelimit: Ratelimit
+    cleanup: Cleanup
+    status: Status
+    metrics: Metrics
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):

@@ -57,7 +57,12 @@ KIND = "checkout.session.completed"
 PATH = "/webhooks/stripe"
 # The endpoint's own statements, and the check alone (what docs/rate-limiting.md describes: its own statement).
 INSERT = db.queries["insert_event"]
-INSERT_LIMITED = db.queries["insert_event_limited"]
+# The earlier one-statement form (check + insert in one CTE), kept here as a peer to compare against.
+INSERT_LIMITED = """
+with rl as (select r.allowed from public.f_check_rate_limit(p_endpoint_key => 'stripe_webhook') r),
+ins as (insert into public.stripe_events (event_id, event_type, api_version, created, livemode, payload)
+        select $1, $2, $3, $4, $5, $6::jsonb from rl where rl.allowed on conflict (event_id) do nothing returning event_id)
+select rl.allowed, exists (select 1 from ins) from rl"""
 CHECK = "select allowed from public.f_check_rate_limit(p_endpoint_key => 'stripe_webhook')"
 # A candidate fix for the rate-limited store, created in the scratch database only: one round trip, and
 # the check commits (no WAL flush: it writes only unlogged tables) before the insert, so the shared

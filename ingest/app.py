@@ -139,7 +139,11 @@ async def lifespan(app: Starlette):
         yield
     finally:
         await app.state.doorbell.close()
-        await app.state.pool.close()
+        try:
+            await asyncio.wait_for(app.state.pool.close(), 10)
+        except TimeoutError:
+            log.warning("database pool did not close in 10 s; terminating it")
+            app.state.pool.terminate()
         await queue.close(app.state.redis)
 
 

@@ -247,7 +247,7 @@ async def test_functions_are_locked_down(tx):
         """select p.oid::regprocedure::text as sig, p.proconfig, p.prosecdef, p.provolatile::text,
                   pg_catalog.has_function_privilege('public', p.oid, 'execute') as public_exec
            from pg_catalog.pg_proc p
-           where p.pronamespace = 'public'::regnamespace and p.proname ~ 'rate_limit'"""
+           where p.pronamespace = 'public'::regnamespace and p.proname ~ '^f_.*rate_limit'"""
     )
     by_sig = {r["sig"]: r for r in rows}
     assert set(by_sig) == {

@@ -16,12 +16,22 @@ from aipt import alerts, db, metrics, queue
 from aipt.logs import log
 from aipt.settings import Settings
 
+
+def _rung_for(ctx: dict) -> int | None:
+    """The attempt this job was enqueued for (its id is stripe:<event id>:<attempt>), if it says."""
+    _, _, attempt = str(ctx.get("job_id", "")).rpartition(":")
+    return int(attempt) if attempt.isdigit() else None
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
 async def consume_event(ctx: dict, event_id: str) -> str:
-    with structlog.contextvars.bound_contextvars(event_id=event_id):
-        try:
-            return await _consume(ctx, event_id)
-        finally:
-            structlog.contextvars.unbind_contextvars("event_type", "attempt")
+    # Every line about the event carries event_id, event_type and attempt (null until known; the
+    # attempt the job was rung for until Postgres says) and its own duration_ms.
+    with structlog.contextvars.bound_contextvars(event_id=event_id, event_type=None, attempt=_rung_for(ctx)):
+        return await _consume(ctx, event_id)
 
 
 async def _consume(ctx: dict, event_id: str) -> str:
@@ -34,27 +44,37 @@ async def _consume(ctx: dict, event_id: str) -> str:
             except asyncpg.PostgresError as exc:
                 if isinstance(exc, db.UNAVAILABLE):
                     raise
-                return await _failed(ctx, conn, event_id, exc, time.perf_counter() - started)
+                return await _failed(ctx, conn, event_id, exc, started)
+            if row is None:
+                state = await conn.fetchrow(db.queries["event_state"], event_id)
     except db.UNAVAILABLE as exc:
         # Nothing was recorded: the row is untouched, so trying later is safe (the sweeper would too).
-        log.warning("database unavailable; job retried later", error=str(exc) or type(exc).__name__)
+        log.warning("database unavailable; job retried later", error=str(exc) or type(exc).__name__,
+                    duration_ms=_ms(started))
         raise Retry(defer=settings.retry.base_seconds or 1) from exc
     if row is None:
-        log.info("event not due (done, dead, or its retry is later)")
+        if state is None:  # never stored, or gone with retention while a stale job waited
+            log.info("event not due: no such event", duration_ms=_ms(started))
+            return "not_due"
+        log.info("event not due (done, dead, or its retry is later)", event_type=state["event_type"],
+                 status=state["status"], next_retry=state["next_retry"] and state["next_retry"].isoformat(),
+                 duration_ms=_ms(started))
         return "not_due"
     elapsed = time.perf_counter() - started
     metrics.EVENTS.labels(event_type=row["event_type"], outcome=row["outcome"]).inc()
     metrics.EVENT_SECONDS.observe(elapsed)
+    metrics.EVENT_ATTEMPTS.observe(row["attempt"])
     log.info("event " + row["outcome"], event_type=row["event_type"], attempt=row["attempt"],
              duration_ms=round(elapsed * 1000, 2))
     return row["outcome"]
 
 
-async def _failed(ctx: dict, conn: asyncpg.Connection, event_id: str, exc: Exception, elapsed: float) -> str:
+async def _failed(ctx: dict, conn: asyncpg.Connection, event_id: str, exc: Exception, started: float) -> str:
     settings: Settings = ctx["settings"]
+    elapsed = time.perf_counter() - started
     head = await conn.fetchrow(db.queries["event_attempt"], event_id)
     if head is None:
-        log.error("event does not exist", error=str(exc))
+        log.error("event does not exist", error=str(exc), duration_ms=_ms(started))
         return "missing"
     structlog.contextvars.bind_contextvars(event_type=head["event_type"], attempt=head["attempt"])
     r = settings.retry
@@ -67,25 +87,26 @@ async def _failed(ctx: dict, conn: asyncpg.Connection, event_id: str, exc: Excep
     outcome = "dead" if dead else "retry"
     metrics.EVENTS.labels(event_type=head["event_type"], outcome=outcome).inc()
     metrics.EVENT_SECONDS.observe(elapsed)
+    metrics.EVENT_ATTEMPTS.observe(attempt)
     if dead:
-        await _announce_death(ctx, conn, event_id)
+        await _announce_death(ctx, conn, event_id, elapsed)
         return "dead"
     log.warning("event failed; retry scheduled", error=str(exc), next_retry=next_retry.isoformat(),
                 duration_ms=round(elapsed * 1000, 2))
     try:
         await queue.enqueue_event(ctx["redis"], event_id, attempt + 1, at=next_retry)
     except Exception as enqueue_exc:  # noqa: BLE001 - the sweeper picks up due retries from Postgres
-        log.warning("retry not enqueued; the sweeper will pick it up", error=str(enqueue_exc))
+        log.warning("retry not enqueued; the sweeper will pick it up", error=str(enqueue_exc), duration_ms=_ms(started))
     return "retry"
 
 
-async def _announce_death(ctx: dict, conn: asyncpg.Connection, event_id: str) -> None:
+async def _announce_death(ctx: dict, conn: asyncpg.Connection, event_id: str, elapsed: float) -> None:
     settings: Settings = ctx["settings"]
     claim = await conn.fetchrow(db.queries["claim_dead_alert"], event_id)
     if claim is None:
         return
     log.error("event dead: no more automatic attempts", error=claim["error_message"], attempts=claim["attempts"],
-              dead_count=claim["dead_count"])
+              dead_count=claim["dead_count"], duration_ms=round(elapsed * 1000, 2))
     alerts.send(
         settings,
         f":rotating_light: Stripe event {event_id} ({claim['event_type']}) is dead after "

@@ -1,4 +1,4 @@
-"""arq worker settings: the consume job, the crons, and the resources they share.
+"""arq worker settings: the consume job, the crons (sweeper, cleanups), and the resources they share.
 
 Built from our settings at start-up (arq reads a plain settings object), with arq's own retry and
 result bookkeeping turned down: Postgres counts attempts, and a kept result would block requeues.
@@ -6,13 +6,16 @@ result bookkeeping turned down: Postgres counts attempts, and a kept result woul
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from arq import func
 from arq.worker import Worker
 
-from aipt import alerts, db, logs, queue
+from aipt import alerts, db, logs, metrics, queue
 from aipt.logs import log
 from aipt.settings import Settings
-from worker import sweeper
+from worker import cleanup, gauges, sweeper
 from worker.consume import consume_event
 
 
@@ -23,9 +26,15 @@ def build(settings: Settings, **overrides) -> Worker:
         ctx["settings"] = settings
         # min_size=0: a worker starts while Postgres is down and heals when it is back.
         ctx["pool"] = await db.create_pool(settings, min_size=0)
+        metrics.register_worker()
+        ctx["gauges"] = asyncio.get_running_loop().create_task(gauges.keep_fresh(ctx))
         log.info("worker started", queue=settings.queue.name, max_jobs=settings.queue.max_jobs)
 
     async def shutdown(ctx: dict) -> None:
+        if "gauges" in ctx:
+            ctx["gauges"].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ctx["gauges"]
         await alerts.drain()
         if "pool" in ctx:
             await ctx["pool"].close()
@@ -33,7 +42,7 @@ def build(settings: Settings, **overrides) -> Worker:
 
     options = dict(
         functions=[func(consume_event, name=queue.CONSUME, max_tries=1000)],
-        cron_jobs=[sweeper.schedule(settings)],
+        cron_jobs=[sweeper.schedule(settings), *cleanup.schedules(settings)],
         on_startup=startup,
         on_shutdown=shutdown,
         redis_settings=queue.redis_settings(settings),
@@ -42,7 +51,7 @@ def build(settings: Settings, **overrides) -> Worker:
         job_timeout=settings.queue.job_timeout_seconds,
         poll_delay=settings.queue.poll_delay_seconds,
         health_check_interval=settings.queue.health_check_seconds,
-        health_check_key=settings.queue.name + ":health-check",
+        health_check_key=queue.health_check_key(settings),
         keep_result=0,
         job_completion_wait=settings.queue.shutdown_grace_seconds,
     )
@@ -52,4 +61,11 @@ def build(settings: Settings, **overrides) -> Worker:
 
 def run(settings: Settings) -> None:
     logs.configure(settings.log_format, settings.log_level)
+    if settings.metrics.worker_port:
+        m = settings.metrics
+        try:
+            metrics.serve(m.worker_port, m.worker_host)
+            log.info("worker metrics served", host=m.worker_host, port=m.worker_port, path="/metrics")
+        except OSError as exc:  # e.g. a second worker on the host: it still works, without a metrics port
+            log.error("worker metrics not served", host=m.worker_host, port=m.worker_port, error=str(exc))
     build(settings).run()

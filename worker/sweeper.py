@@ -7,6 +7,9 @@ ids make this idempotent, so any number of workers may sweep.
 
 from __future__ import annotations
 
+import datetime as dt
+import time
+
 from arq import cron
 
 from aipt import db, queue
@@ -16,13 +19,18 @@ from aipt.settings import Settings
 
 async def sweep(ctx: dict) -> int:
     settings: Settings = ctx["settings"]
+    started = time.perf_counter()
     async with ctx["pool"].acquire() as conn:
         rows = await conn.fetch(db.queries["due_events"], settings.sweeper.pending_after_seconds, settings.sweeper.batch_size)
     enqueued = 0
     for row in rows:
         enqueued += await queue.enqueue_event(ctx["redis"], row["event_id"], row["attempt"])
+    duration_ms = round((time.perf_counter() - started) * 1000, 2)
     if rows:
-        log.info("sweeper enqueued due events", due=len(rows), enqueued=enqueued)
+        log.info("sweeper enqueued due events", due=len(rows), enqueued=enqueued, duration_ms=duration_ms)
+    # For `aipt status`: a run every minute is too frequent for a table; Redis keeps the last one.
+    await queue.note_cron_run(ctx["redis"], "sweeper", at=dt.datetime.now(dt.UTC).isoformat(), due=len(rows),
+                              enqueued=enqueued, duration_ms=duration_ms)
     return enqueued
 
 

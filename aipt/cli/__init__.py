@@ -30,12 +30,14 @@ def migrate() -> None:
     common.run(main)
 
 
-from aipt.cli import dev, service  # noqa: E402
+from aipt.cli import dev, ops, service  # noqa: E402
 
 app.command()(service.web)
 app.command()(service.worker)
 app.command("send-test-event")(service.send_test_event)
 app.command()(dev.dev)
+app.command()(ops.status)
+app.command()(ops.cleanup)
 
 # Command groups, one module each.
 from aipt.cli import content, events, ratelimit  # noqa: E402

@@ -1,0 +1,65 @@
+"""Helpers for the operations tests (cleanups, status, metrics): backdated events and a live worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+from aipt import queue
+from tests.conftest import wait_for
+
+
+async def event(conn, status: str, received: float, processed: float | None = None, failure: dict | None = None) -> str:
+    """A stored event received `received` days ago (processed `processed` days ago), with a failure row if given.
+
+    failure: {"retry_in": minutes (negative: overdue)} for a retrying event, {"dead": days} for a dead
+    one, {"resolved": days} for one that succeeded later.
+    """
+    event_id = f"evt_{uuid.uuid4().hex[:20]}"
+    await conn.execute(
+        """insert into public.stripe_events (event_id, event_type, created, payload, status, received_at, processed_at)
+           values ($1, 'invoice.payment_succeeded', 0, '{}', $2,
+                   now() - make_interval(secs => $3::float8 * 86400), now() - make_interval(secs => $4::float8 * 86400))""",
+        event_id, status, received, processed,
+    )
+    if failure is not None:
+        await conn.execute(
+            """insert into public.webhook_failures (event_id, event_type, failure_count, max_retries, next_retry, dead_at,
+                                                    resolved_at, first_failure)
+               values ($1, 'invoice.payment_succeeded', 1, 3, now() + make_interval(mins => $2),
+                       now() - make_interval(secs => $3::float8 * 86400), now() - make_interval(secs => $4::float8 * 86400),
+                       now() - make_interval(secs => $5::float8 * 86400))""",
+            event_id, failure.get("retry_in"), failure.get("dead"), failure.get("resolved"), received,
+        )
+    return event_id
+
+
+async def remaining(conn, table: str = "stripe_events") -> set[str]:
+    return {r["event_id"] for r in await conn.fetch(f"select event_id from public.{table}")}
+
+
+async def remaining(conn, table: str = "stripe_events") -> set[str]:
+    return {r["event_id"] for r in await conn.fetch(f"select event_id from public.{table}")}
+
+
+@contextlib.asynccontextmanager
+async def live_worker(settings):
+    """A real worker (not burst) until the block ends: it writes the heartbeat and runs the sweeper."""
+    from worker.main import build
+
+    handlers = logging.root.handlers[:]
+    w = build(settings, handle_signals=False)
+    task = asyncio.create_task(w.main())
+    redis = queue.connect(settings)
+    try:
+        await wait_for(lambda: redis.exists(queue.health_check_key(settings)), timeout=10)
+        yield w
+    finally:
+        logging.root.handlers[:] = handlers  # a command run meanwhile logged to its runner's closed stream
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await w.close()
+        await queue.close(redis)

@@ -1,0 +1,287 @@
+"""Retention cleanups (30_retention.sql, worker/cleanup.py) on rows backdated in a real database."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import uuid
+
+import asyncpg
+import pytest
+from arq.constants import in_progress_key_prefix
+from prometheus_client import REGISTRY
+
+from aipt import db
+from tests import content
+from tests.conftest import make_settings, run_worker, wait_for
+from tests.ops import event, remaining
+from tests.roles import acting_as
+from worker import cleanup
+
+
+@pytest.fixture
+async def story(conn):
+    """Every kind of event around the default retentions (events 90 days, failures 30 days)."""
+    gone = {
+        "ok, finished 91 days ago": await event(conn, "ok", 91, 91),
+        "skipped 91 days ago": await event(conn, "skipped", 91, 91),
+        "ok 91 days ago after a failure": await event(conn, "ok", 95, 91, {"resolved": 91}),
+        "dead 31 days, received 100 days ago": await event(conn, "error", 100, failure={"dead": 31}),
+    }
+    kept = {
+        "ok 89 days ago": await event(conn, "ok", 89, 89),
+        "received 120 days ago, finished 10 days ago": await event(conn, "ok", 120, 10, {"resolved": 10}),
+        "pending for 200 days": await event(conn, "pending", 200),
+        "retrying, next attempt soon": await event(conn, "error", 200, failure={"retry_in": 5}),
+        "retrying, attempt overdue": await event(conn, "error", 200, failure={"retry_in": -60}),
+        "dead only 29 days": await event(conn, "error", 100, failure={"dead": 29}),
+        "dead 40 days, received 60 days ago": await event(conn, "error", 60, failure={"dead": 40}),
+        "error with no failure row": await event(conn, "error", 200),
+    }
+    return gone, kept
+
+
+async def test_stripe_events_go_when_finished_and_past_retention_and_never_before(conn, settings, story):
+    gone, kept = story
+    before_failures = await remaining(conn, "webhook_failures")
+    outcome = await cleanup.run(settings, "stripe_events")
+    assert outcome.status == "ok", outcome.note
+    assert await remaining(conn) == set(kept.values())
+    # A failure row goes with its event and only with it.
+    gone_failures = before_failures - await remaining(conn, "webhook_failures")
+    assert gone_failures == {gone["ok 91 days ago after a failure"], gone["dead 31 days, received 100 days ago"]}
+    assert outcome.counts == {"stripe_events": 4, "webhook_failures": 2}
+
+
+async def test_batches_are_small_and_the_run_is_recorded_with_its_counts(conn, db_url, story):
+    s = make_settings(db_url, cleanup={"batch_size": 1, "pause_seconds": 0})
+    outcome = await cleanup.run(s, "stripe_events", run_by="test")
+    assert outcome.counts == {"stripe_events": 4, "webhook_failures": 2}
+    assert outcome.batches == 5  # four of one row each, then an empty one
+    run = await conn.fetchrow("select * from public.cleanup_runs where id = $1", outcome.run_id)
+    assert (run["job"], run["status"], run["batches"], run["run_by"]) == ("stripe_events", "ok", 5, "test")
+    assert json.loads(run["counts"]) == outcome.counts and run["finished_at"] >= run["started_at"]
+
+
+async def test_a_run_stops_at_its_time_limit_and_the_next_one_goes_on(conn, db_url, story):
+    s = make_settings(db_url, cleanup={"batch_size": 1, "pause_seconds": 0})
+    first = await cleanup.run(s, "stripe_events", max_seconds=0)
+    assert first.status == "ok" and first.batches == 1 and "time limit" in first.note
+    assert first.counts["stripe_events"] == 1
+    second = await cleanup.run(s, "stripe_events")
+    assert first.counts["stripe_events"] + second.counts["stripe_events"] == 4
+
+
+async def test_the_dry_run_counts_exactly_what_the_run_deletes_and_deletes_nothing(conn, settings, story):
+    for job in ("stripe_events", "webhook_failures"):
+        before = (await remaining(conn), await remaining(conn, "webhook_failures"))
+        preview = await cleanup.preview(conn, settings, job)
+        assert (await remaining(conn), await remaining(conn, "webhook_failures")) == before
+        assert preview.counts == (await cleanup.run(settings, job)).counts
+    assert await conn.fetchval("select count(*) from public.cleanup_runs") == 2
+
+
+async def test_failure_history_goes_30_days_after_the_event_succeeded_and_the_event_stays(conn, settings):
+    old = await event(conn, "ok", 40, 31, {"resolved": 31})
+    recent = await event(conn, "ok", 40, 29, {"resolved": 29})
+    dead = await event(conn, "error", 200, failure={"dead": 100})
+    retrying = await event(conn, "error", 200, failure={"retry_in": 5})
+    outcome = await cleanup.run(settings, "webhook_failures")
+    assert outcome.counts == {"webhook_failures": 1}
+    assert await remaining(conn, "webhook_failures") == {recent, dead, retrying}
+    assert await remaining(conn) == {old, recent, dead, retrying}
+
+
+async def test_rate_limit_log_after_7_days_and_buckets_idle_for_30(conn, settings):
+    await conn.execute(
+        """insert into public.rate_limit_log (request_timestamp, endpoint_key, was_allowed, tokens_consumed, tokens_remaining)
+           select now() - make_interval(days => d), 'search', true, 1, 0 from unnest(array[8, 8, 6]) d"""
+    )
+    await conn.execute(
+        """insert into public.rate_limit_buckets (endpoint_key, bucket_key, tokens_remaining, last_refill, last_request)
+           select 'search', 'user:' || d, 1, now() - make_interval(days => d), now() - make_interval(days => d)
+           from unnest(array[31, 29]) d"""
+    )
+    assert (await cleanup.preview(conn, settings, "rate_limit")).counts == {"rate_limit_log": 2, "rate_limit_buckets": 1}
+    outcome = await cleanup.run(settings, "rate_limit")
+    assert outcome.counts == {"rate_limit_log": 2, "rate_limit_buckets": 1}
+    assert await conn.fetchval("select count(*) from public.rate_limit_log") == 1
+    assert [r["bucket_key"] for r in await conn.fetch("select bucket_key from public.rate_limit_buckets")] == ["user:29"]
+
+
+async def test_soft_deleted_content_goes_after_90_days_when_the_guard_allows(conn, settings):
+    old, recent, bought = await content.neuron(conn), await content.neuron(conn), await content.neuron(conn)
+    holder = await content.bundle(conn, neurons=[old])
+    for kind, content_id in (("bundle", holder), ("neuron", old), ("neuron", recent), ("neuron", bought)):
+        assert await conn.fetchval(f"select public.f_soft_delete_{kind}($1)", content_id)
+    await content.purchase(conn, neuron_id=bought)  # bought after its soft delete: the guard keeps it
+    for kind, content_id, days in (("bundle", holder, 91), ("neuron", old, 91), ("neuron", recent, 89), ("neuron", bought, 91)):
+        await content.backdate(conn, kind, content_id, days)
+    expected = {"bundles": 1, "neurons": 1, "bundle_neurons": 1}
+    assert (await cleanup.preview(conn, settings, "deleted_content")).counts == expected
+    assert (await cleanup.run(settings, "deleted_content")).counts == expected
+    assert {r["id"] for r in await conn.fetch("select id from public.neurons")} == {recent, bought}
+
+
+async def test_retention_days_come_from_the_settings(conn, db_url):
+    young = await event(conn, "ok", 10, 10)
+    older = await event(conn, "ok", 20, 20)
+    s = make_settings(db_url, cleanup={"stripe_events_days": 15})
+    assert (await cleanup.run(s, "stripe_events")).counts["stripe_events"] == 1
+    assert await remaining(conn) == {young}
+    assert older not in await remaining(conn)
+
+
+# --- one run at a time, once per slot ------------------------------------------------------------
+
+SLOT_MS = 1_790_000_000_000
+
+
+def cron_ctx(settings) -> dict:
+    """What arq hands a unique cron job: its id is <name>:<scheduled time in ms>."""
+    return {"settings": settings, "job_id": f"cleanup:stripe_events:{SLOT_MS}"}
+
+
+async def test_two_workers_racing_for_one_cron_slot_run_it_once(conn, settings, story):
+    run_cron = cleanup._cron_function("stripe_events")
+    results = await asyncio.gather(run_cron(cron_ctx(settings)), run_cron(cron_ctx(settings)))
+    assert sorted(r["status"] for r in results) == ["ok", "refused"]
+    # Later, a worker whose clock lags enqueues the same slot again: still refused.
+    late = await run_cron(cron_ctx(settings))
+    assert late["status"] == "refused" and "ran already" in late["note"]
+    runs = await conn.fetch("select slot, status, counts from public.cleanup_runs")
+    assert len(runs) == 1 and runs[0]["status"] == "ok"
+    assert runs[0]["slot"] == dt.datetime.fromtimestamp(SLOT_MS / 1000, dt.UTC)
+    assert json.loads(runs[0]["counts"]) == {"stripe_events": 4, "webhook_failures": 2}
+
+
+async def test_two_burst_workers_and_a_late_enqueue_run_a_cron_slot_once(conn, settings, redis, story):
+    job_id = f"cleanup:stripe_events:{SLOT_MS}"
+    assert await redis.enqueue_job("cleanup:stripe_events", _job_id=job_id) is not None
+    assert await redis.enqueue_job("cleanup:stripe_events", _job_id=job_id) is None  # arq's unique cron
+    await asyncio.gather(run_worker(settings), run_worker(settings))
+    # arq keeps a finished cron's claim for 60 s and no result (keep_result 0): a worker whose clock
+    # lags more than that enqueues the same slot again, and arq alone would run it again.
+    await redis.delete(in_progress_key_prefix + job_id)
+    assert await redis.enqueue_job("cleanup:stripe_events", _job_id=job_id) is not None
+    await run_worker(settings)
+    assert [r["status"] for r in await conn.fetch("select status from public.cleanup_runs")] == ["ok"]
+
+
+async def test_a_run_in_progress_holds_the_lock_and_a_killed_one_is_closed_as_abandoned(conn, db_url, settings, story):
+    holder = await asyncpg.connect(db_url)
+    try:
+        run_id, refused = await holder.fetchrow(db.queries["cleanup_begin"], "stripe_events", None, "psql")
+        assert run_id is not None and refused is None
+        outcome = await cleanup.run(settings, "stripe_events")
+        assert outcome.status == "refused" and "in progress" in outcome.note
+        assert len(await remaining(conn)) == 12
+    finally:
+        await holder.close()  # killed: the lock goes with the connection, the run stays "running"
+    outcome = await cleanup.run(settings, "stripe_events")
+    assert outcome.status == "ok" and outcome.counts["stripe_events"] == 4
+    killed = await conn.fetchrow("select status, error, finished_at from public.cleanup_runs where id = $1", run_id)
+    assert killed["status"] == "abandoned" and killed["finished_at"] is not None
+
+
+async def test_a_cancelled_run_is_closed_as_an_error_with_its_exact_counts_and_frees_the_lock(conn, db_url, story):
+    # What arq does at a job timeout or a worker stopping: cancel the task, here during a pause.
+    s = make_settings(db_url, cleanup={"batch_size": 1, "pause_seconds": 5})
+    task = asyncio.create_task(cleanup.run(s, "stripe_events"))
+    await wait_for(lambda: conn.fetchval("select batches = 1 from public.cleanup_runs"))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    run = await conn.fetchrow("select status, error, counts from public.cleanup_runs")
+    assert run["status"] == "error" and run["error"].startswith("cancelled")
+    assert json.loads(run["counts"])["stripe_events"] == 12 - len(await remaining(conn)) == 1
+    assert (await cleanup.run(make_settings(db_url), "stripe_events")).status == "ok"
+
+
+async def test_a_failing_batch_is_recorded_as_an_error(conn, db_url, settings, story):
+    # A trigger that refuses deletes stands in for anything the database refuses mid-run.
+    await conn.execute(
+        """create function pg_temp.refuse() returns trigger language plpgsql as $$
+           begin raise exception 'deletes refused for the test'; end $$"""
+    )
+    await conn.execute("create trigger refuse before delete on public.stripe_events for each row execute function pg_temp.refuse()")
+    outcome = await cleanup.run(settings, "stripe_events")
+    assert outcome.status == "error" and "deletes refused" in outcome.note
+    run = await conn.fetchrow("select status, error from public.cleanup_runs where id = $1", outcome.run_id)
+    assert run["status"] == "error" and "deletes refused" in run["error"]
+    assert len(await remaining(conn)) == 12
+
+
+async def test_deletions_are_counted_in_metrics_by_table(conn, settings, story):
+    def deleted(table):
+        return REGISTRY.get_sample_value("aipt_cleanup_deleted_rows_total", {"table": table}) or 0
+
+    before = {t: deleted(t) for t in ("stripe_events", "webhook_failures")}
+    await cleanup.run(settings, "stripe_events")
+    assert {t: deleted(t) - before[t] for t in before} == {"stripe_events": 4, "webhook_failures": 2}
+
+
+# --- schedule and rights -------------------------------------------------------------------------
+
+def test_each_job_is_a_unique_daily_cron_at_its_setting_and_off_disables_it(db_url):
+    s = make_settings(db_url, cleanup={"stripe_events_at": "02:05", "rate_limit_at": "off"})
+    crons = {c.name: c for c in cleanup.schedules(s)}
+    assert set(crons) == {"cleanup:stripe_events", "cleanup:webhook_failures", "cleanup:deleted_content"}
+    c = crons["cleanup:stripe_events"]
+    assert (c.hour, c.minute, c.second, c.unique) == ({2}, {5}, {0}, True)
+    # arq holds every job's claim for the longest timeout + 10 s: a cron must not lengthen it.
+    assert c.timeout_s == s.queue.job_timeout_seconds
+    assert cleanup.time_limit(s) <= s.queue.job_timeout_seconds - 5
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+async def test_only_admins_run_cleanups(conn, role):
+    async with acting_as(conn, role, user_id=uuid.uuid4() if role == "authenticated" else None):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetch("select * from public.cleanup_stripe_events(p_dry_run => true)")
+    async with acting_as(conn, "service_role"):
+        assert len(await conn.fetch("select * from public.cleanup_stripe_events(p_dry_run => true)")) == 2
+    async with acting_as(conn, "authenticated", user_id=uuid.uuid4(), admin=True):
+        assert len(await conn.fetch("select * from public.cleanup_rate_limit(p_dry_run => true)")) == 2
+        assert await conn.fetch("select * from public.cleanup_runs") == []
+
+
+async def test_cleanup_functions_are_locked_down(conn):
+    rows = await conn.fetch(
+        """select p.oid::regprocedure::text as sig, p.proconfig, p.prosecdef,
+                  pg_catalog.has_function_privilege('anon', p.oid, 'execute') as anon_exec
+           from pg_catalog.pg_proc p
+           where p.pronamespace = 'public'::regnamespace and p.proname ~ '^_?cleanup_'"""
+    )
+    assert len(rows) == 8
+    for r in rows:
+        assert r["proconfig"] == ['search_path=""'] and not r["anon_exec"], r["sig"]
+        assert r["prosecdef"] == (not r["sig"].startswith("_")), r["sig"]
+
+
+# --- aipt cleanup ---------------------------------------------------------------------------------
+
+async def test_aipt_cleanup_dry_run_prints_what_would_go_then_the_run_deletes_it(aipt, conn, story):
+    gone, kept = story
+    dry = await aipt("cleanup", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    previews = {o["job"]: o for o in json.loads(dry.stdout)}
+    assert set(previews) == {"stripe_events", "webhook_failures", "rate_limit", "deleted_content"}
+    assert previews["stripe_events"]["status"] == "dry_run"
+    assert previews["stripe_events"]["counts"] == {"stripe_events": 4, "webhook_failures": 2}
+    assert len(await remaining(conn)) == 12 and await conn.fetchval("select count(*) from public.cleanup_runs") == 0
+    text = await aipt("cleanup", "--dry-run", "--job", "stripe_events")
+    assert text.stdout.strip() == "stripe_events: would delete stripe_events 4, webhook_failures 2"
+
+    done = await aipt("cleanup", "--job", "stripe_events", "--job", "rate_limit")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.splitlines() == [
+        "stripe_events: deleted stripe_events 4, webhook_failures 2",
+        "rate_limit: deleted rate_limit_log 0, rate_limit_buckets 0",
+    ]
+    assert await remaining(conn) == set(kept.values())
+    runs = await conn.fetch("select job, status, run_by from public.cleanup_runs order by id")
+    assert [(r["job"], r["status"]) for r in runs] == [("stripe_events", "ok"), ("rate_limit", "ok")]
+    assert all(r["run_by"].startswith("cli:") for r in runs)
+    assert (await aipt("cleanup", "--job", "nonsense")).exit_code == 2
