@@ -40,10 +40,6 @@ async def remaining(conn, table: str = "stripe_events") -> set[str]:
     return {r["event_id"] for r in await conn.fetch(f"select event_id from public.{table}")}
 
 
-async def remaining(conn, table: str = "stripe_events") -> set[str]:
-    return {r["event_id"] for r in await conn.fetch(f"select event_id from public.{table}")}
-
-
 @contextlib.asynccontextmanager
 async def live_worker(settings):
     """A real worker (not burst) until the block ends: it writes the heartbeat and runs the sweeper."""

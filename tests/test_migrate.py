@@ -1,6 +1,5 @@
 """Migrations: applied once, recorded, re-runnable, and a changed applied file is refused."""
 
-import asyncpg
 import pytest
 
 from aipt import migrate
