@@ -35,8 +35,11 @@ def connect(settings: Settings) -> ArqRedis:
     return ArqRedis(pool, default_queue_name=settings.queue.name)
 
 
+JOB_PREFIX = "stripe:"
+
+
 def job_id(event_id: str, attempt: int) -> str:
-    return f"stripe:{event_id}:{attempt}"
+    return f"{JOB_PREFIX}{event_id}:{attempt}"
 
 
 async def enqueue_event(redis: ArqRedis, event_id: str, attempt: int = 1, at: dt.datetime | None = None) -> bool:

@@ -194,11 +194,9 @@ async def main() -> None:
             # Log as `aipt worker` does (JSON lines on stderr), but into a file.
             log_path = Path(tmp) / "worker.log"
             log_file = log_path.open("w")
+            # Our lines go to whatever sys.stderr is when written: keep it on the file for the whole run.
             real_stderr, sys.stderr = sys.stderr, log_file
-            try:
-                logs.configure(settings.log_format, settings.log_level)
-            finally:
-                sys.stderr = real_stderr
+            logs.configure(settings.log_format, settings.log_level)
             redis = queue.connect(settings)
             store = await asyncpg.create_pool(url, min_size=4, max_size=4)
             results: dict[str, list[dict]] = {"arq no-op job": [], f"consume ({args.kind})": []}
@@ -234,6 +232,7 @@ async def main() -> None:
             finally:
                 await store.close()
                 await queue.close(redis)
+                sys.stderr = real_stderr
                 log_file.close()
             log_lines = sum(1 for _ in log_path.open("rb"))
 

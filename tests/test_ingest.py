@@ -8,7 +8,7 @@ import pytest
 
 from aipt import fixtures, queue
 from ingest.app import create_app
-from tests.conftest import OTHER_SECRET, make_settings, post_event, sign, through
+from tests.conftest import OTHER_SECRET, captured_logs, make_settings, post_event, sign, through
 
 import httpx
 
@@ -158,3 +158,46 @@ async def test_the_webhook_limit_can_be_turned_off(db_url, conn):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as c:
             assert [(await post_event(c, e)).status_code for e in events] == [200, 200]
     assert len(await stored(conn)) == 2
+
+
+async def test_other_methods_get_405_and_store_nothing(client, conn):
+    r = await client.get("/webhooks/stripe")
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and "POST only" in r.json()["error"]
+    assert await stored(conn) == []
+
+
+async def test_an_unexpected_error_is_500_logged_and_the_app_keeps_serving(client, conn, monkeypatch):
+    from ingest import webhook
+
+    real_parse = webhook.parse
+    monkeypatch.setattr(webhook, "parse", lambda text: 1 / 0)  # a bug, not bad input
+    with captured_logs() as logs:
+        r = await post_event(client, fixtures.load("payment_intent.succeeded"))
+    assert r.status_code == 500 and r.json() == {"error": "internal error, retry later"}
+    assert any(e["event"] == "webhook failed: unexpected error" and e["log_level"] == "error" for e in logs)
+    monkeypatch.setattr(webhook, "parse", real_parse)
+    event = fixtures.load("checkout.session.completed")
+    assert (await post_event(client, event)).status_code == 200  # Stripe's retry then lands
+    assert await stored(conn) == [event["id"]]
+
+
+async def test_a_client_gone_mid_body_stores_nothing_and_gets_no_answer(client, conn):
+    body = BODY.encode()
+    messages = [
+        {"type": "http.request", "body": body[:1000], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": "POST", "path": "/webhooks/stripe",
+        "headers": [(b"stripe-signature", sign(BODY).encode()), (b"content-length", str(len(body)).encode())],
+    }
+    await client.app(scope, receive, send)
+    assert sent == [] and await stored(conn) == []

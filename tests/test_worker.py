@@ -1,12 +1,13 @@
 """The arq worker end to end: jobs from ingest, the sweeper healing lost enqueues, Redis outages."""
 
 import asyncio
+import logging
 
 import pytest
 
 from aipt import fixtures, queue
 from tests.billing import billing_state, seed_catalogue, status, store
-from tests.conftest import make_settings, post_event, run_worker, through
+from tests.conftest import captured_logs, make_settings, post_event, run_worker, through
 
 import httpx
 from ingest.app import create_app
@@ -80,3 +81,18 @@ async def test_postgres_down_in_the_worker_loses_nothing_and_heals(db_url, conn,
     await asyncio.wait_for(worker, 30)
     assert await status(conn, event["id"]) == "ok"
     assert len((await billing_state(conn))["purchases"]) == 1
+
+
+async def test_arq_per_job_lines_give_way_to_our_own(client, conn, settings, caplog):
+    """arq's two lines per consume job are dropped; our one line per event says it all; arq's others stay."""
+    await seed_catalogue(conn)
+    event = fixtures.load("payment_intent.succeeded")
+    assert (await post_event(client, event)).status_code == 200
+    await client.app.state.doorbell.flush()
+    with caplog.at_level(logging.INFO, logger="arq.worker"), captured_logs() as logs:
+        await run_worker(settings)
+    arq_lines = [r.getMessage() for r in caplog.records if r.name == "arq.worker"]
+    assert any(line.startswith("Starting worker") for line in arq_lines)
+    assert not any(queue.job_id(event["id"], 1) in line for line in arq_lines)
+    ours = [e for e in logs if e.get("event_id") == event["id"]]
+    assert [e["event"] for e in ours] == ["event ok"] and ours[0]["duration_ms"] > 0
