@@ -145,10 +145,10 @@ order by requests_last_day desc, last_request desc
 limit $1
 
 -- check_webhook_limit --
--- Spend a token of the shared stripe_webhook bucket. Its own statement: the bucket row is unlogged and
--- its lock is released at once, instead of being held through the event insert's WAL flush.
-select r.allowed, greatest(1, ceil(extract(epoch from r.reset_time - now())))::int as retry_after
-from public.f_check_rate_limit(p_endpoint_key => 'stripe_webhook') r
+-- Take $1 tokens (a lease) from the shared stripe_webhook bucket. Its own statement: the bucket row is
+-- unlogged and its lock is released at once, instead of being held through the event insert's WAL flush.
+select r.allowed, r.tokens_remaining, greatest(1, ceil(extract(epoch from r.reset_time - now())))::int as retry_after
+from public.f_check_rate_limit(p_endpoint_key => 'stripe_webhook', p_tokens_required => $1) r
 
 -- cleanup_begin --
 -- Lock a cleanup job and record its run; run_id null (with the reason) when another run holds it or the slot ran.

@@ -74,6 +74,7 @@ class Sweeper(BaseModel):
 
 class Ratelimit(BaseModel):
     webhook_enabled: bool
+    webhook_lease: int = Field(ge=1)
 
 
 CLEANUP_JOBS = ("stripe_events", "webhook_failures", "rate_limit", "deleted_content")

@@ -15,12 +15,11 @@ Events are copies of the checkout.session.completed fixture (~2.7 KB), each with
 alternate floor and endpoint, so both see the same table size and the same machine; the rate is the
 median over rounds, the latencies are pooled. Every round is bounded by --events and --max-seconds.
 
---ratelimit: by default the endpoint spends the shared stripe_webhook bucket in its insert
-([ratelimit] webhook_enabled = true, insert_event_limited). 'off' measures the plain store path;
-'on' raises that bucket in the scratch database so that nothing is refused, and adds three rows run by
-bare asyncpg clients: the endpoint's insert_event_limited statement, and two candidate fixes (the check
-and the insert as two statements; one CALL of a procedure that commits the check before the insert,
-created in the scratch database only). 'both' (the default) runs 'off', then 'on'.
+--ratelimit: by default the endpoint spends the shared stripe_webhook bucket, in leases of
+[ratelimit] webhook_lease tokens per check (ingest/limit.py). 'off' measures the plain store path;
+'on' raises that bucket in the scratch database so that nothing is refused, and adds a reference row
+run by bare asyncpg clients: a one-token check, then the INSERT, per event (what a check per webhook
+costs in SQL alone). 'both' (the default) runs 'off', then 'on'.
 
 Each row prints the rate, p50/p99 latency as the client sees it, the CPU per request of the main
 process (server, or Postgres for the floors) and the cores each party kept busy; 'others' is the rest
@@ -55,43 +54,10 @@ from bench import common  # noqa: E402
 
 KIND = "checkout.session.completed"
 PATH = "/webhooks/stripe"
-# The endpoint's own statements, and the check alone (what docs/rate-limiting.md describes: its own statement).
+# The endpoint's own statement, and (with --ratelimit on) a check of one token per webhook as a reference:
+# what ingest paid before it took the stripe_webhook tokens in leases (ingest/limit.py).
 INSERT = db.queries["insert_event"]
-# The earlier one-statement form (check + insert in one CTE), kept here as a peer to compare against.
-INSERT_LIMITED = """
-with rl as (select r.allowed from public.f_check_rate_limit(p_endpoint_key => 'stripe_webhook') r),
-ins as (insert into public.stripe_events (event_id, event_type, api_version, created, livemode, payload)
-        select $1, $2, $3, $4, $5, $6::jsonb from rl where rl.allowed on conflict (event_id) do nothing returning event_id)
-select rl.allowed, exists (select 1 from ins) from rl"""
-CHECK = "select allowed from public.f_check_rate_limit(p_endpoint_key => 'stripe_webhook')"
-# A candidate fix for the rate-limited store, created in the scratch database only: one round trip, and
-# the check commits (no WAL flush: it writes only unlogged tables) before the insert, so the shared
-# bucket's row lock is not held while the event's commit waits for its flush.
-PROPOSED_PROC = """
-create or replace procedure public.bench_store_event_limited(
-  p_event_id text, p_event_type text, p_api_version text, p_created bigint, p_livemode boolean, p_payload text,
-  inout allowed boolean default null, inout retry_after integer default null, inout inserted boolean default null)
-language plpgsql
-as $$
-declare
-  v_reset timestamptz;
-begin
-  select r.allowed, r.reset_time into allowed, v_reset
-    from public.f_check_rate_limit(p_endpoint_key => 'stripe_webhook') r;
-  retry_after := greatest(1, ceil(extract(epoch from v_reset - now())))::int;
-  commit;
-  if not allowed then
-    inserted := false;
-    return;
-  end if;
-  insert into public.stripe_events (event_id, event_type, api_version, created, livemode, payload)
-  values (p_event_id, p_event_type, p_api_version, p_created, p_livemode, p_payload::jsonb)
-  on conflict (event_id) do nothing;
-  inserted := found;
-end;
-$$
-"""
-PROPOSED_CALL = "call public.bench_store_event_limited($1, $2, $3, $4, $5, $6)"
+CHECK_ONE = "select allowed from public.f_check_rate_limit(p_endpoint_key => 'stripe_webhook')"
 
 
 # --- the load generator (child processes) ----------------------------------------------------------
@@ -352,9 +318,7 @@ def floors_for(ratelimit: bool) -> dict[str, list[str]]:
     """What the endpoint is compared with: statements run by bare asyncpg clients, one transaction each."""
     floors = {FLOOR: [INSERT]}
     if ratelimit:
-        floors["floor: endpoint SQL, limited (1 stmt)"] = [INSERT_LIMITED]
-        floors["candidate: check, then INSERT (2 trips)"] = [CHECK, INSERT]
-        floors["candidate: CALL check;COMMIT;INSERT"] = [PROPOSED_CALL]
+        floors["reference: a check per webhook + INSERT"] = [CHECK_ONE, INSERT]
     return floors
 
 
@@ -365,7 +329,6 @@ async def run_mode(args, url: str, redis_url: str, ratelimit: bool, workdir: Pat
     floors = floors_for(ratelimit)
     if ratelimit:
         async with connection(url) as conn:
-            await conn.execute(PROPOSED_PROC)
             await conn.execute("update public.rate_limit_config set requests_per_minute = 2000000000, "
                                "burst_size = 2000000000 where endpoint_key = 'stripe_webhook'")
     database = common.database_of(url)

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from aipt import db, logs, metrics, queue, settings
 from aipt.logs import log
-from ingest import webhook
+from ingest import limit, webhook
 
 WEBHOOK_PATH = "/webhooks/stripe"
 
@@ -88,15 +88,16 @@ DUPLICATE = answer(200, {"received": True, "duplicate": True})
 NOT_ALLOWED = answer(405, {"error": "method not allowed: POST only"}, ((b"allow", b"POST"),))
 
 
-async def store(pool: asyncpg.Pool, event: webhook.Event, s: settings.Settings) -> bool:
+async def store(app: App, event: webhook.Event) -> bool:
     """Commit the event; True when it is new, False for a redelivery. Raises Limited past the limit."""
+    s: settings.Settings = app.state.settings
     args = (event.id, event.type, event.api_version, event.created, event.livemode, event.body)
     try:
-        async with pool.acquire(timeout=s.db.connect_timeout_seconds) as conn:
-            if s.ratelimit.webhook_enabled:
-                allowed, retry_after = await conn.fetchrow(db.queries["check_webhook_limit"])
-                if not allowed:
-                    raise Limited(retry_after)
+        if app.state.webhook_limit is not None:
+            retry_after = await app.state.webhook_limit.spend(app.state.pool, s.db.connect_timeout_seconds)
+            if retry_after is not None:
+                raise Limited(retry_after)
+        async with app.state.pool.acquire(timeout=s.db.connect_timeout_seconds) as conn:
             return await conn.fetchval(db.queries["insert_event"], *args) is not None
     except asyncpg.DataError as exc:
         # JSON that Postgres cannot hold (e.g. \u0000 in a string) is bad input, not an outage.
@@ -135,7 +136,7 @@ async def handle(app: App, scope: dict, receive) -> tuple[tuple, str]:
         body = await read_body(scope, receive, s.web.body_limit_bytes)
         text = webhook.verify(body, header(scope, b"stripe-signature"), s.webhook_secrets, s.web.signature_tolerance_seconds)
         event = webhook.parse(text)
-        new = await store(app.state.pool, event, s)
+        new = await store(app, event)
     except TooLarge:
         return answer(413, {"error": f"body over {s.web.body_limit_bytes} bytes"}), "too_large"
     except webhook.Rejected as exc:
@@ -216,4 +217,5 @@ def create_app(s: settings.Settings | None = None) -> App:
         lifespan=lifespan,
     )
     app.state.settings = s
+    app.state.webhook_limit = limit.WebhookLimit(s.ratelimit.webhook_lease) if s.ratelimit.webhook_enabled else None
     return app

@@ -3,10 +3,12 @@
 import asyncio
 import json
 import time
+import uuid
 
 import pytest
 
 from aipt import fixtures, queue
+from ingest import limit
 from ingest.app import create_app
 from tests.conftest import OTHER_SECRET, captured_logs, make_settings, post_event, sign, through
 
@@ -201,3 +203,63 @@ async def test_a_client_gone_mid_body_stores_nothing_and_gets_no_answer(client, 
     }
     await client.app(scope, receive, send)
     assert sent == [] and await stored(conn) == []
+
+
+def copies(n: int) -> list[dict]:
+    """n distinct events (own ids), so none is a redelivery."""
+    events = []
+    for i in range(n):
+        e = fixtures.load("payment_intent.succeeded")
+        e["id"] = f"evt_lease_{i:04d}_{uuid.uuid4().hex[:8]}"
+        events.append(e)
+    return events
+
+
+async def webhook_bucket(conn) -> dict:
+    row = await conn.fetchrow(
+        "select tokens_remaining, request_count from public.rate_limit_buckets"
+        " where endpoint_key = 'stripe_webhook' and bucket_key = 'service'"
+    )
+    logged = await conn.fetch(
+        "select was_allowed, tokens_consumed from public.rate_limit_log where endpoint_key = 'stripe_webhook'"
+        " order by request_timestamp"
+    )
+    return {"checks": row["request_count"], "tokens": row["tokens_remaining"], "log": [tuple(r) for r in logged]}
+
+
+async def test_the_webhook_limit_is_taken_in_leases(client, conn):
+    """Defaults (600/min, burst 200, lease 10): 25 webhooks cost Postgres 3 checks of 10 tokens each."""
+    for e in copies(25):
+        assert (await post_event(client, e)).status_code == 200
+    bucket = await webhook_bucket(conn)
+    assert bucket["checks"] == 3 and bucket["log"] == [(True, 10)] * 3
+    assert 170 <= bucket["tokens"] < 171  # 200 - 30, plus the refill of a fraction of a second
+
+
+async def test_leases_never_admit_more_than_the_bucket_across_processes(db_url, conn, monkeypatch):
+    """Two ingest processes on one bucket of 20 (refill 1/min): exactly 20 webhooks get through."""
+    monkeypatch.setattr(limit, "LEASE_SECONDS", 60)  # leftovers stay spendable through the test
+    await conn.execute(
+        "update public.rate_limit_config set burst_size = 20, requests_per_minute = 1 where endpoint_key = 'stripe_webhook'"
+    )
+    events = copies(40)
+    apps = [create_app(make_settings(db_url)) for _ in range(2)]
+    async with apps[0].router.lifespan_context(apps[0]), apps[1].router.lifespan_context(apps[1]):
+        clients = [httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url="http://x") for a in apps]
+        codes = [(await post_event(clients[i % 2], e)).status_code for i, e in enumerate(events)]
+        for c in clients:
+            await c.aclose()
+    assert codes.count(200) == 20 and codes.count(429) == 20
+    assert len(await stored(conn)) == 20
+
+
+async def test_leases_shrink_near_an_empty_bucket(client, conn):
+    """Burst 5 with a lease of 10: the lease shrinks to what the bucket holds; exactly 5 pass, and only
+    refused webhooks are logged as blocked."""
+    await conn.execute(
+        "update public.rate_limit_config set burst_size = 5, requests_per_minute = 1 where endpoint_key = 'stripe_webhook'"
+    )
+    codes = [(await post_event(client, e)).status_code for e in copies(8)]
+    assert codes == [200] * 5 + [429] * 3
+    bucket = await webhook_bucket(conn)
+    assert bucket["log"] == [(True, 1), (True, 4), (False, 0), (False, 0), (False, 0)]
