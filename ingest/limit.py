@@ -37,7 +37,7 @@ class WebhookLimit:
             return True
         return False
 
-    async def spend(self, pool: asyncpg.Pool, timeout: float) -> int | None:
+    async def spend(self, pool: asyncpg.Pool) -> int | None:
         """Spend one token: None when the webhook may go on, else the seconds to wait (Retry-After)."""
         if self._spend():
             return None
@@ -52,7 +52,7 @@ class WebhookLimit:
             take = max(self.lease, self.waiting + 1)
             if self.left is not None:
                 take = max(1, min(take, self.left))
-            async with pool.acquire(timeout=timeout) as conn:
+            async with pool.acquire() as conn:
                 allowed, left, retry_after = await conn.fetchrow(db.queries["check_webhook_limit"], take)
                 if not allowed and take > 1:  # the bucket holds less than that: ask for this webhook alone
                     take = 1
