@@ -95,7 +95,7 @@ async def store(app: App, event: webhook.Event) -> bool:
     # by the pool's connect timeout, a busy one by the command timeout of the query holding it.
     try:
         if app.state.webhook_limit is not None:
-            retry_after = await app.state.webhook_limit.spend(app.state.pool)
+            retry_after = await app.state.webhook_limit.spend()
             if retry_after is not None:
                 raise Limited(retry_after)
         async with app.state.pool.acquire() as conn:
@@ -193,9 +193,13 @@ async def lifespan(app: Starlette):
     app.state.redis = queue.connect(s)
     app.state.doorbell = queue.Doorbell(app.state.redis)
     app.state.doorbell.start()
+    r = s.ratelimit
+    app.state.webhook_limit = limit.WebhookLimit(app.state.pool, r.webhook_lease) if r.webhook_enabled else None
     try:
         yield
     finally:
+        if app.state.webhook_limit is not None:
+            await app.state.webhook_limit.close()
         await app.state.doorbell.close()
         try:
             await asyncio.wait_for(app.state.pool.close(), 10)
@@ -218,5 +222,4 @@ def create_app(s: settings.Settings | None = None) -> App:
         lifespan=lifespan,
     )
     app.state.settings = s
-    app.state.webhook_limit = limit.WebhookLimit(s.ratelimit.webhook_lease) if s.ratelimit.webhook_enabled else None
     return app

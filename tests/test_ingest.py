@@ -227,13 +227,46 @@ async def webhook_bucket(conn) -> dict:
     return {"checks": row["request_count"], "tokens": row["tokens_remaining"], "log": [tuple(r) for r in logged]}
 
 
+async def settled(app) -> None:
+    """Let a lease in flight land."""
+    if app.state.webhook_limit.check is not None:
+        await asyncio.shield(app.state.webhook_limit.check)
+
+
 async def test_the_webhook_limit_is_taken_in_leases(client, conn):
-    """Defaults (600/min, burst 200, lease 10): 25 webhooks cost Postgres 3 checks of 10 tokens each."""
+    """Defaults (600/min, burst 200, lease 10): 25 webhooks cost Postgres 3 checks (leases of 10, or
+    more when webhooks had to wait for one), and every token taken is spent or still held."""
     for e in copies(25):
         assert (await post_event(client, e)).status_code == 200
+    await settled(client.app)
     bucket = await webhook_bucket(conn)
-    assert bucket["checks"] == 3 and bucket["log"] == [(True, 10)] * 3
-    assert 170 <= bucket["tokens"] < 171  # 200 - 30, plus the refill of a fraction of a second
+    taken = sum(n for _, n in bucket["log"])
+    assert bucket["checks"] == len(bucket["log"]) == 3 and all(ok and n >= 10 for ok, n in bucket["log"])
+    assert taken - 25 == client.app.state.webhook_limit.tokens
+    assert 200 - taken <= bucket["tokens"] < 200 - taken + 1  # plus the refill of a fraction of a second
+
+
+async def test_concurrent_webhooks_share_a_lease(client, conn):
+    """40 webhooks at once: the first check takes a lease for all who wait, not one per webhook."""
+    answers = await asyncio.gather(*(post_event(client, e) for e in copies(40)))
+    assert [a.status_code for a in answers] == [200] * 40
+    await settled(client.app)
+    bucket = await webhook_bucket(conn)
+    taken = sum(n for _, n in bucket["log"])
+    assert bucket["checks"] <= 3 and taken - 40 == client.app.state.webhook_limit.tokens
+
+
+async def test_the_next_lease_is_taken_before_the_tokens_run_out(client, conn):
+    """Half a lease left: the next one is taken in the background, so the next webhooks need not wait."""
+    for e in copies(6):
+        assert (await post_event(client, e)).status_code == 200
+    for _ in range(100):  # the background check lands within milliseconds
+        if (await webhook_bucket(conn))["checks"] == 2:
+            break
+        await asyncio.sleep(0.01)
+    bucket = await webhook_bucket(conn)
+    assert bucket["checks"] == 2 and bucket["log"] == [(True, 10), (True, 10)]
+    assert client.app.state.webhook_limit.tokens == 14  # 20 taken, 6 spent
 
 
 async def test_leases_never_admit_more_than_the_bucket_across_processes(db_url, conn, monkeypatch):
