@@ -6,8 +6,10 @@ Creates a scratch database (from BENCH_ADMIN_URL, else TEST_DATABASE_URL, else t
 applies the migrations with aipt.migrate, and drops it at the end. Logging is on (log_mode 'all').
 
 For 1 and 32 concurrent clients it prints calls/s and p50/p99 latency of `select 1`, of
-`f_check_rate_limit(...)` and, for reference, of a one-row update of a logged table (the cheapest
-durable write), and the ratio check / select 1. Then the server time of one check: a plpgsql loop
+`f_check_rate_limit(...)` and of two floors: the check's own writes (update the bucket row, append a
+log row) as one plain SQL statement, and an empty function of the shape the contract asks for
+(plpgsql, SECURITY DEFINER, search_path = '', RETURNS TABLE). Then the ratios check / select 1 (the
+target: <= 2 at p50), writes / select 1 and check / writes. Then the server time of one check: a plpgsql loop
 timed with clock_timestamp(), each call in its own transaction (commit included, no round trip).
 The caller is a superuser passing p_user_id, spread over --users buckets (the realistic case: each
 signed-in user has their own bucket; one hot bucket would measure its row lock instead).
@@ -37,8 +39,24 @@ ADMIN_URL = os.environ.get(
 CONCURRENCY = (1, 32)
 ENDPOINT = "bench"
 CHECK = "select allowed from public.f_check_rate_limit(p_endpoint_key => $1, p_user_id => $2)"
-# A reference write: the cheapest durable transaction (one row of a logged table, a WAL flush at commit).
-UPDATE = "update bench_counter set n = n + 1 where id = $1"
+# Two floors, so the ratio can be read: what the check cannot avoid costing.
+# 1. The same writes as one check (refill-free: update the caller's bucket row, append a log row), as
+#    one plain SQL statement: the cost of a write transaction on the two unlogged tables.
+WRITES = """
+with b as (
+  update public.rate_limit_buckets set last_request = now(), request_count = request_count + 1
+   where endpoint_key = $1 and bucket_key = 'user:' || $2::uuid::text
+  returning user_id, tokens_remaining)
+insert into public.rate_limit_log (request_timestamp, endpoint_key, user_id, was_allowed, tokens_consumed, tokens_remaining)
+select now(), $1, user_id, true, 1, tokens_remaining from b"""
+# 2. The function shape the contract asks for (plpgsql, SECURITY DEFINER, search_path = '', RETURNS
+#    TABLE for supabase-js), doing nothing: created in the scratch database only.
+SHAPE_FN = """
+create function public.bench_empty_check(p_endpoint_key text, p_tokens_required integer default 1, p_user_id uuid default null)
+returns table (allowed boolean, tokens_remaining integer, reset_time timestamptz, reason text)
+language plpgsql volatile security definer set search_path = ''
+as $$ begin allowed := true; return next; end $$"""
+SHAPE = "select allowed from public.bench_empty_check(p_endpoint_key => $1, p_user_id => $2)"
 # Server time: the same calls in a server-side loop, each in its own transaction (commit included),
 # without the client, the network and the protocol.
 SERVER_LOOP = """
@@ -94,17 +112,22 @@ async def bench(url: str, calls: int, rounds: int, users: list[uuid.UUID]) -> No
     async def check(conn: asyncpg.Connection, i: int) -> None:
         await conn.fetchval(CHECK, ENDPOINT, users[i % len(users)])
 
-    async def update_row(conn: asyncpg.Connection, i: int) -> None:
-        await conn.execute(UPDATE, i % len(users))
+    async def writes(conn: asyncpg.Connection, i: int) -> None:
+        await conn.execute(WRITES, ENDPOINT, users[i % len(users)])
 
-    kinds = {"select 1": select_one, "f_check_rate_limit": check, "update 1 row (ref)": update_row}
+    async def shape(conn: asyncpg.Connection, i: int) -> None:
+        await conn.fetchval(SHAPE, ENDPOINT, users[i % len(users)])
+
+    # The check comes before the writes: its warm-up creates the bucket rows they update.
+    kinds = {"select 1": select_one, "f_check_rate_limit": check, "floor: its writes, SQL": writes,
+             "floor: empty function": shape}
     pool = await asyncpg.create_pool(url, min_size=max(CONCURRENCY), max_size=max(CONCURRENCY))
     try:
         # Warm up: every bucket exists, every connection has its statements prepared.
         for fn in kinds.values():
             await clients(pool, max(CONCURRENCY), max(len(users), calls // 4), fn)
 
-        print(f"{'clients':>7}  {'query':<20} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+        print(f"{'clients':>7}  {'query':<22} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
         for n in CONCURRENCY:
             # Rounds alternate the kinds, so a noisy moment on the machine hits them all alike.
             rates: dict[str, list[float]] = {k: [] for k in kinds}
@@ -116,9 +139,11 @@ async def bench(url: str, calls: int, rounds: int, users: list[uuid.UUID]) -> No
                     lats[name].extend(lat)
             res = {k: (statistics.median(rates[k]), statistics.median(lats[k]), pct(lats[k], 99)) for k in kinds}
             for name, (rate, p50, p99) in res.items():
-                print(f"{n:>7}  {name:<20} {rate:>9.0f} {p50:>8.3f} {p99:>8.3f}")
-            base, chk = res["select 1"], res["f_check_rate_limit"]
-            print(f"{n:>7}  {'check / select 1':<20} {chk[0] / base[0]:>9.2f} {chk[1] / base[1]:>8.2f} {chk[2] / base[2]:>8.2f}")
+                print(f"{n:>7}  {name:<22} {rate:>9.0f} {p50:>8.3f} {p99:>8.3f}")
+            base, chk, floor = res["select 1"], res["f_check_rate_limit"], res["floor: its writes, SQL"]
+            print(f"{n:>7}  {'check / select 1':<22} {chk[0] / base[0]:>9.2f} {chk[1] / base[1]:>8.2f} {chk[2] / base[2]:>8.2f}")
+            print(f"{n:>7}  {'writes / select 1':<22} {floor[0] / base[0]:>9.2f} {floor[1] / base[1]:>8.2f} {floor[2] / base[2]:>8.2f}")
+            print(f"{n:>7}  {'check / writes':<22} {chk[0] / floor[0]:>9.2f} {chk[1] / floor[1]:>8.2f} {chk[2] / floor[2]:>8.2f}")
 
         async with pool.acquire() as conn:
             array = "array[" + ",".join(f"'{u}'" for u in users) + "]::uuid[]"
@@ -153,10 +178,7 @@ async def main() -> None:
                 " values ($1, 1000000, 1000000, 'all')",
                 ENDPOINT,
             )
-            await conn.execute(
-                "create table bench_counter (id integer primary key, n bigint not null default 0);"
-                f"insert into bench_counter (id) select generate_series(0, {args.users - 1})"
-            )
+            await conn.execute(SHAPE_FN)
             settings = await conn.fetch(
                 "select name, setting from pg_settings where name in ('synchronous_commit', 'fsync') order by name"
             )
