@@ -4,8 +4,9 @@ A check per webhook costs Postgres a write transaction (~150 µs of its CPU) and
 trip, which cut ingest's throughput by a quarter (docs/benchmarks.md). So a process takes several
 tokens per check (a lease) and spends them on the next webhooks. The next lease is taken in the
 background once half of the last one is left, so webhooks rarely wait for a check; a lease starts at
-`lease` tokens and doubles each time webhooks did have to wait (the check took longer than half a
-lease lasts), up to MAX_GROWTH times that.
+`lease` tokens and doubles each time webhooks ran out while it was on its way (the check took longer
+than half a lease lasts), up to MAX_GROWTH times that. A lease of 1 takes nothing ahead: tokens only
+for the webhooks waiting on a check.
 
 Tokens leave the shared bucket before they are spent, so all processes together never admit more
 than it gives, give or take the few a process holds. Those expire after LEASE_SECONDS (and the lease
@@ -36,7 +37,7 @@ class WebhookLimit:
         self.expires = 0.0
         self.left: int | None = None  # whole tokens the bucket held after the last check (None: unknown)
         self.waiting = 0  # webhooks waiting for the check in flight
-        self.dry = False  # a webhook found no token since the last lease was asked for
+        self.dry = False  # a webhook found no token while the lease taken ahead was on its way
         self.check: asyncio.Task | None = None
 
     async def spend(self) -> int | None:
@@ -49,7 +50,7 @@ class WebhookLimit:
                 return None
             if self.tokens:  # the last lease expired unspent: traffic is slow, start small again
                 self.size, self.tokens = self.lease, 0
-            elif self.left:  # ran dry while the bucket had more: leases are too small for this rate
+            elif self.check is not None:  # the lease taken ahead did not land in time: too small for this rate
                 self.dry = True
             if self.check is None:
                 self._start()
@@ -92,5 +93,5 @@ class WebhookLimit:
     async def close(self) -> None:
         if self.check is not None:
             self.check.cancel()
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.check

@@ -134,6 +134,22 @@ async def test_postgres_down_is_503_then_heals(db_url, conn, pg_proxy):
     assert event["id"] in await stored(conn)
 
 
+async def test_postgres_down_during_the_limit_check_is_503_then_heals(db_url, conn, pg_proxy):
+    """A lease of 1: every webhook checks the bucket, so the outage hits the check, not the insert."""
+    app = create_app(make_settings(through(db_url, pg_proxy), ratelimit={"webhook_lease": 1}))
+    first, second = copies(2)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as c:
+            assert (await post_event(c, first)).status_code == 200
+            pg_proxy.cut()
+            r = await post_event(c, second)
+            assert r.status_code == 503 and "retry later" in r.json()["error"]
+            pg_proxy.restore()
+            assert (await post_event(c, second)).status_code == 200
+    assert await stored(conn) == sorted([first["id"], second["id"]])
+    assert (await webhook_bucket(conn))["log"] == [(True, 1), (True, 1)]
+
+
 async def test_health_and_readiness(client):
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
