@@ -54,10 +54,10 @@ class App(Starlette):
             await super().__call__(scope, receive, send)
 
 
-async def read_body(scope: dict, receive, limit: int) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise TooLarge
+async def read_body(scope: dict, receive, max_bytes: int) -> bytes:
+    declared = header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise TooLarge
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -65,7 +65,7 @@ async def read_body(scope: dict, receive, limit: int) -> bytes:
             raise Disconnected
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > limit:  # also when a chunked body lied about (or never declared) its length
+        if size > max_bytes:  # also when a chunked body lied about (or never declared) its length
             raise TooLarge
         chunks.append(chunk)
         if not message.get("more_body", False):
