@@ -1,6 +1,7 @@
 """The worker as a real process: killed mid-job it loses nothing; told to stop, it finishes its jobs."""
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -83,7 +84,7 @@ async def test_a_worker_killed_mid_job_applies_the_event_exactly_once_after_rest
 
 async def test_sigterm_lets_the_running_job_finish(conn, settings, held_event):
     event, lock = held_event
-    worker = start_worker(settings, AIPT_QUEUE_SHUTDOWN_GRACE_SECONDS="20")
+    worker = start_worker(settings, stderr=subprocess.PIPE, AIPT_QUEUE_SHUTDOWN_GRACE_SECONDS="20")
     try:
         await wait_for(lambda: blocked_backend(conn, settings.database_url), timeout=15)
         worker.send_signal(signal.SIGTERM)
@@ -96,6 +97,10 @@ async def test_sigterm_lets_the_running_job_finish(conn, settings, held_event):
             worker.kill()
     assert await status(conn, event["id"]) == "ok"
     assert await conn.fetchval("select count(*) from public.user_purchases") == 1
+    with worker.stderr:
+        lines = [json.loads(line) for line in worker.stderr.read().splitlines() if line.startswith("{")]
+    started = [line for line in lines if line["event"] == "worker started"]
+    assert started and started[0]["loop"] == "uvloop"  # as bench/worker.py measures it
 
 
 async def test_a_missing_setting_stops_start_up_with_one_clear_line(settings):

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 
+import uvloop
 from arq import func
 from arq.worker import Worker
 
@@ -38,7 +39,8 @@ def build(settings: Settings, **overrides) -> Worker:
         ctx["pool"] = await db.create_pool(settings, min_size=0)
         metrics.register_worker()
         ctx["gauges"] = asyncio.get_running_loop().create_task(gauges.keep_fresh(ctx))
-        log.info("worker started", queue=settings.queue.name, max_jobs=settings.queue.max_jobs)
+        log.info("worker started", queue=settings.queue.name, max_jobs=settings.queue.max_jobs,
+                 loop=type(asyncio.get_running_loop()).__module__.partition(".")[0])
 
     async def shutdown(ctx: dict) -> None:
         if "gauges" in ctx:
@@ -78,4 +80,6 @@ def run(settings: Settings) -> None:
             log.info("worker metrics served", host=m.worker_host, port=m.worker_port, path="/metrics")
         except OSError as exc:  # e.g. a second worker on the host: it still works, without a metrics port
             log.error("worker metrics not served", host=m.worker_host, port=m.worker_port, error=str(exc))
+    # arq runs on the thread's current loop: make it uvloop, as the web process and bench/worker.py have.
+    asyncio.set_event_loop(uvloop.new_event_loop())
     build(settings).run()
