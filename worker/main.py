@@ -12,12 +12,12 @@ import logging
 
 import uvloop
 from arq import func
-from arq.worker import Worker
 
 from aipt import alerts, db, logs, metrics, queue
 from aipt.logs import log
 from aipt.settings import Settings
 from worker import cleanup, gauges, sweeper
+from worker.start import Worker
 from worker.consume import consume_event
 
 
