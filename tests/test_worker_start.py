@@ -4,6 +4,7 @@ import asyncio
 import uuid
 
 import pytest
+import redis.exceptions
 from arq import func
 from arq.constants import in_progress_key_prefix
 
@@ -71,3 +72,21 @@ async def test_the_claim_survives_redis_forgetting_its_scripts(arq_redis):
     await w.start_jobs([b"after"])
     await asyncio.gather(*w.tasks.values())
     assert [job_id for job_id, _ in ran] == ["before", "after"]
+
+
+async def test_a_claim_that_fails_gives_its_slot_back(arq_redis):
+    """Redis gone mid-claim: the error reaches arq's loop as before, and the worker keeps all its slots."""
+    await arq_redis.enqueue_job("job", 1, _job_id="one")
+    ran: list = []
+    w = worker(arq_redis, ran)
+    slots = w.sem._value
+    dead = queue.connect(make_settings("postgresql:///unused", redis_url="redis://127.0.0.1:1/0"))
+    w._pool = dead
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await w.start_jobs([b"one"])
+    await queue.close(dead)
+    assert (w.job_counter, w.sem._value, ran) == (0, slots, [])
+    w._pool = arq_redis
+    await w.start_jobs([b"one"])  # and it claims once Redis answers again
+    await asyncio.gather(*w.tasks.values())
+    assert [job_id for job_id, _ in ran] == ["one"]

@@ -35,12 +35,14 @@ class Worker(ArqWorker):
                 return
             self.job_counter += 1
             job_id = job_id_b.decode()
-            score = await claim(keys=[in_progress_key_prefix + job_id, self.queue_name],
-                                args=[job_id, timestamp_ms(), timeout_ms])
-            if score is None:
-                # Running elsewhere, finished meanwhile, or re-enqueued for later.
-                self.job_counter -= 1
-                self.sem.release()
+            try:
+                score = await claim(keys=[in_progress_key_prefix + job_id, self.queue_name],
+                                    args=[job_id, timestamp_ms(), timeout_ms])
+            except BaseException:  # Redis failed, or we were cancelled: give the slot back (arq's own leaks it)
+                self._release_sem_dec_counter_on_complete()
+                raise
+            if score is None:  # running elsewhere, finished meanwhile, or re-enqueued for later
+                self._release_sem_dec_counter_on_complete()
                 logger.debug("job %s already running elsewhere", job_id)
                 continue
             t = self.loop.create_task(self.run_job(job_id, int(float(score))))
