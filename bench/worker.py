@@ -13,9 +13,10 @@ What runs:
   * no-op rounds: N jobs enqueued the same way, the job function replaced by one that returns at once;
   * reference no-op rounds: the same on the same worker with arq's own job claim (WATCH, EXISTS,
     ZSCORE, MULTI/EXEC) instead of worker/start.py's one script, to show what the claim is worth.
-Rounds alternate reference no-op, no-op and consume; after each consume round every event must be 'ok'. The rate is N
-over the span from the first job's start to the last job's end (worker start-up excluded), the median
-over rounds; the ratio is the median of each round's consume / no-op (the two ran back to back); the per-event time is measured around each consume job call (pool acquire, the SQL, the
+Rounds alternate reference no-op, no-op and consume; after each consume round every event must be
+'ok'. The rate is N over the span from the first job's start to the last job's end (worker start-up
+excluded), the median over rounds; the ratio is the median of each round's consume / no-op (the two ran
+back to back); the per-event time is measured around each consume job call (pool acquire, the SQL, the
 log line), pooled over rounds.
 
 The cpu columns are the cores kept busy during the round (1.00 = one core all the time); 'others' is the

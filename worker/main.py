@@ -17,8 +17,8 @@ from aipt import alerts, db, logs, metrics, queue
 from aipt.logs import log
 from aipt.settings import Settings
 from worker import cleanup, gauges, sweeper
-from worker.start import Worker
 from worker.consume import consume_event
+from worker.start import Worker
 
 
 def _not_a_consume_job_line(record: logging.LogRecord) -> bool:
