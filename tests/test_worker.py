@@ -1,6 +1,7 @@
 """The arq worker end to end: jobs from ingest, the sweeper healing lost enqueues, Redis outages."""
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
@@ -96,3 +97,67 @@ async def test_arq_per_job_lines_give_way_to_our_own(client, conn, settings, cap
     assert not any(queue.job_id(event["id"], 1) in line for line in arq_lines)
     ours = [e for e in logs if e.get("event_id") == event["id"]]
     assert [e["event"] for e in ours] == ["event ok"] and ours[0]["duration_ms"] > 0
+
+
+async def _applied(conn, redis, event: dict) -> None:
+    await store(conn, event)
+    await queue.enqueue_event(redis, event["id"])
+    for _ in range(100):
+        if await status(conn, event["id"]) == "ok":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{event['id']} not applied: {await status(conn, event['id'])}")
+
+
+@contextlib.asynccontextmanager
+async def _running_worker(settings):
+    from worker.main import build
+
+    w = build(settings, handle_signals=False)
+    running = asyncio.create_task(w.main())
+    try:
+        yield running
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await w.close()
+
+
+def _redis_lines(logs: list[dict]) -> list[dict]:
+    return [e for e in logs if e["event"] in ("redis unavailable; the worker waits for it", "redis available again")]
+
+
+async def test_redis_down_in_a_running_worker_is_waited_out(db_url, conn, redis, redis_proxy):
+    """The worker outlives a Redis outage, says so once, and applies events again when Redis is back."""
+    await seed_catalogue(conn)
+    s = make_settings(db_url, redis_url=through(make_settings(db_url).redis_url, redis_proxy))
+    redis.default_queue_name = s.queue.name
+    with captured_logs() as logs:
+        async with _running_worker(s) as running:
+            await _applied(conn, redis, fixtures.load("checkout.session.completed"))
+            redis_proxy.cut()
+            await asyncio.sleep(2.5)  # polls, heartbeats and crons all meet a dead Redis
+            assert not running.done()
+            redis_proxy.restore()
+            await _applied(conn, redis, fixtures.load("customer.subscription.created"))
+            assert not running.done()
+    lines = _redis_lines(logs)
+    assert [e["event"] for e in lines] == ["redis unavailable; the worker waits for it", "redis available again"]
+    assert lines[1]["down_seconds"] >= 2
+
+
+async def test_a_worker_started_while_redis_is_down_waits_for_it(db_url, conn, redis, redis_proxy):
+    await seed_catalogue(conn)
+    s = make_settings(db_url, redis_url=through(make_settings(db_url).redis_url, redis_proxy))
+    redis.default_queue_name = s.queue.name
+    redis_proxy.cut()
+    with captured_logs() as logs:
+        async with _running_worker(s) as running:
+            await asyncio.sleep(6.5)  # arq's own connect gives up after 5 tries a second apart, ending the process
+            assert not running.done()
+            assert not any(e["event"] == "worker started" for e in logs)
+            redis_proxy.restore()
+            await _applied(conn, redis, fixtures.load("payment_intent.succeeded"))
+    lines = _redis_lines(logs)
+    assert [e["event"] for e in lines] == ["redis unavailable; the worker waits for it", "redis available again"]

@@ -1,17 +1,34 @@
-"""arq's Worker, with a job claimed in one Redis round trip instead of four.
+"""arq's Worker, with two changes: a job is claimed in one Redis round trip instead of four, and
+losing Redis no longer ends the worker.
 
 arq claims a job with WATCH, EXISTS, ZSCORE and MULTI/EXEC, one round trip each, and its poll loop
 claims jobs one after another: with jobs that wait on Postgres, those serial round trips, not the
 jobs, set a worker's pace. The script below makes the same checks and the same write atomically in
 Redis, so the claim means what arq's does: not already in progress, still queued, already due.
+
+arq lets a Redis error end the worker process, at start-up after a few tries and mid-run at once (a
+restart loop, on a platform that backs off). Nothing is lost in Redis that Postgres does not also know (the sweeper re-enqueues pending
+events), so the worker waits for Redis instead, and says so once per outage.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import time
+
+from arq.connections import create_pool
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker as ArqWorker
 from arq.worker import logger
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from aipt.logs import log
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+REDIS_RETRY_SECONDS = 1.0
 
 # KEYS: in-progress key, queue; ARGV: job id, now (ms), in-progress timeout (ms). The job's score, or nil.
 CLAIM = """
@@ -24,6 +41,44 @@ return score
 
 
 class Worker(ArqWorker):
+    _redis_down_since: float | None = None
+
+    async def main(self) -> None:
+        """arq's, after waiting for Redis: arq's own connect gives up after a few tries, ending the process."""
+        while self._pool is None:
+            try:
+                self._pool = await create_pool(
+                    dataclasses.replace(self.redis_settings, conn_retries=0),
+                    job_deserializer=self.job_deserializer,
+                    job_serializer=self.job_serializer,
+                    default_queue_name=self.queue_name,
+                    expires_extra_ms=self.expires_extra_ms,
+                )
+            except REDIS_DOWN as exc:
+                await self._redis_down(exc)
+        self._redis_up()
+        await super().main()
+
+    async def _poll_iteration(self) -> None:
+        """arq's, except that a Redis error (from a claim, a heartbeat, a cron or a finishing job) is waited out."""
+        try:
+            await super()._poll_iteration()
+        except REDIS_DOWN as exc:
+            await self._redis_down(exc)
+            return
+        self._redis_up()
+
+    async def _redis_down(self, exc: Exception) -> None:
+        if self._redis_down_since is None:
+            self._redis_down_since = time.monotonic()
+            log.warning("redis unavailable; the worker waits for it", error=str(exc) or type(exc).__name__)
+        await asyncio.sleep(REDIS_RETRY_SECONDS)
+
+    def _redis_up(self) -> None:
+        if self._redis_down_since is not None:
+            log.info("redis available again", down_seconds=round(time.monotonic() - self._redis_down_since, 1))
+            self._redis_down_since = None
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """arq's start_jobs (0.26-0.28), with its WATCH/MULTI claim replaced by CLAIM."""
         claim = self.pool.register_script(CLAIM)
