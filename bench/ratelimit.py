@@ -4,6 +4,8 @@
 
 Creates a scratch database (from BENCH_ADMIN_URL, else TEST_DATABASE_URL, else the local postgres),
 applies the migrations with aipt.migrate, and drops it at the end. Logging is on (log_mode 'all').
+The p50 ratios are also printed round by round (each round runs every kind back to back), since the
+host's speed can drift between rounds.
 
 For 1 and 32 concurrent clients it prints calls/s and p50/p99 latency of `select 1`, of
 `f_check_rate_limit(...)` and of two floors: the check's own writes (update the bucket row, append a
@@ -132,11 +134,13 @@ async def bench(url: str, calls: int, rounds: int, users: list[uuid.UUID]) -> No
             # Rounds alternate the kinds, so a noisy moment on the machine hits them all alike.
             rates: dict[str, list[float]] = {k: [] for k in kinds}
             lats: dict[str, list[float]] = {k: [] for k in kinds}
+            round_p50s: dict[str, list[float]] = {k: [] for k in kinds}
             for _ in range(rounds):
                 for name, fn in kinds.items():
                     rate, lat = await clients(pool, n, calls, fn)
                     rates[name].append(rate)
                     lats[name].extend(lat)
+                    round_p50s[name].append(statistics.median(lat))
             res = {k: (statistics.median(rates[k]), statistics.median(lats[k]), pct(lats[k], 99)) for k in kinds}
             for name, (rate, p50, p99) in res.items():
                 print(f"{n:>7}  {name:<22} {rate:>9.0f} {p50:>8.3f} {p99:>8.3f}")
@@ -144,6 +148,11 @@ async def bench(url: str, calls: int, rounds: int, users: list[uuid.UUID]) -> No
             print(f"{n:>7}  {'check / select 1':<22} {chk[0] / base[0]:>9.2f} {chk[1] / base[1]:>8.2f} {chk[2] / base[2]:>8.2f}")
             print(f"{n:>7}  {'writes / select 1':<22} {floor[0] / base[0]:>9.2f} {floor[1] / base[1]:>8.2f} {floor[2] / base[2]:>8.2f}")
             print(f"{n:>7}  {'check / writes':<22} {chk[0] / floor[0]:>9.2f} {chk[1] / floor[1]:>8.2f} {chk[2] / floor[2]:>8.2f}")
+            # Round by round (a round's kinds ran back to back, at the same host speed):
+            for name, over in (("check / select 1", "f_check_rate_limit"), ("writes / select 1", "floor: its writes, SQL")):
+                per = [a / b for a, b in zip(round_p50s[over], round_p50s["select 1"])]
+                print(f"{n:>7}  {name} at p50, round by round: {', '.join(f'{x:.2f}' for x in per)} "
+                      f"(median {statistics.median(per):.2f})")
 
         async with pool.acquire() as conn:
             array = "array[" + ",".join(f"'{u}'" for u in users) + "]::uuid[]"
