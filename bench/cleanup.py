@@ -38,7 +38,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -48,11 +47,9 @@ import stripe
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aipt import fixtures, migrate  # noqa: E402
+from aipt import fixtures  # noqa: E402
+from bench import common  # noqa: E402
 
-ADMIN_URL = os.environ.get(
-    "BENCH_ADMIN_URL", os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-)
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 SECRET = "whsec_bench_cleanup"
 EVENT_PREFIX = f"evt_cleanupbench{os.getpid()}_"  # this run's events (and their Redis job keys)
@@ -74,10 +71,6 @@ insert into public.webhook_failures (event_id, event_type, failure_count, max_re
 select 'evt_expired_' || g, 'invoice.payment_succeeded', 1, 3, now() - interval '150 days', now() - interval '150 days'
 from generate_series(1, $1, 100) g
 """
-
-
-def url_for(name: str) -> str:
-    return urlunsplit(urlsplit(ADMIN_URL)._replace(path=f"/{name}"))
 
 
 def pct(values: list[float], p: float) -> float:
@@ -201,86 +194,80 @@ async def start_web(env: dict, port: int) -> subprocess.Popen:
 
 
 async def main(args: argparse.Namespace) -> None:
-    name = f"aipt_bench_cleanup_{os.getpid()}"
     queue_name = f"aipt:bench:cleanup:{os.getpid()}"
-    admin = await asyncpg.connect(ADMIN_URL)
     server = None
-    try:
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-        await admin.execute(f'create database "{name}"')
-        conn = await asyncpg.connect(url_for(name))
+    async with common.scratch_database("aipt_bench_cleanup", seed_demo=False) as url:
         try:
-            await migrate.migrate(conn)
-            lines = json.dumps({"object": "list", "data": [{"id": f"il_{i}", "amount": 1900, "description": "x" * 120}
-                                                           for i in range(6)]})
-            t0 = time.perf_counter()
-            await conn.execute(EXPIRED, lines, args.expired)
-            await conn.execute(FAILURES, args.expired)
-            await conn.execute("update public.rate_limit_config set requests_per_minute = 100000000, burst_size = 100000000"
-                               " where endpoint_key = 'stripe_webhook'")
-            await conn.execute("vacuum analyze")
-            size = await conn.fetchval("select pg_size_pretty(pg_total_relation_size('public.stripe_events'))")
-            print(f"inserted {args.expired:,} expired events in {time.perf_counter() - t0:.1f} s (stripe_events: {size})")
-        finally:
-            await conn.close()
+            conn = await asyncpg.connect(url)
+            try:
+                lines = json.dumps({"object": "list", "data": [{"id": f"il_{i}", "amount": 1900, "description": "x" * 120}
+                                                               for i in range(6)]})
+                t0 = time.perf_counter()
+                await conn.execute(EXPIRED, lines, args.expired)
+                await conn.execute(FAILURES, args.expired)
+                await conn.execute("update public.rate_limit_config set requests_per_minute = 100000000, burst_size = 100000000"
+                                   " where endpoint_key = 'stripe_webhook'")
+                await conn.execute("vacuum analyze")
+                size = await conn.fetchval("select pg_size_pretty(pg_total_relation_size('public.stripe_events'))")
+                print(f"inserted {args.expired:,} expired events in {time.perf_counter() - t0:.1f} s (stripe_events: {size})")
+            finally:
+                await conn.close()
 
-        port = free_port()
-        env = {**os.environ, "DATABASE_URL": url_for(name), "REDIS_URL": REDIS_URL, "STRIPE_WEBHOOK_SECRET": SECRET,
-               "PORT": str(port), "AIPT_WEB_HOST": "127.0.0.1", "AIPT_QUEUE_NAME": queue_name,
-               "AIPT_LOG_LEVEL": "warning", "LOG_FORMAT": "json"}
-        if args.batch_size:
-            env["AIPT_CLEANUP_BATCH_SIZE"] = str(args.batch_size)
-        if args.pause is not None:
-            env["AIPT_CLEANUP_PAUSE_SECONDS"] = str(args.pause)
-        server = await start_web(env, port)
-        load = Load(f"http://127.0.0.1:{port}", args.clients)
-        try:
-            await load.run_phase("warmup", 500)
-            deleted = {"stripe_events": 0, "webhook_failures": 0}
-            cleanup_seconds, runs = 0.0, 0
-            async with Cleaner(env) as cleaner:
-                while deleted["stripe_events"] < args.expired and cleanup_seconds < args.max_seconds:
-                    await load.run_phase("quiet", until=asyncio.sleep(args.segment))
-                    outcome = await load.run_phase("cleanup", until=cleaner.run(args.segment))
-                    if outcome["status"] != "ok":
-                        raise SystemExit(f"cleanup run failed: {outcome}")
-                    runs += 1
-                    cleanup_seconds += outcome["seconds"]
-                    for table, n in outcome["counts"].items():
-                        deleted[table] += n
-                    if not outcome["note"]:  # it finished before its time limit: nothing left
-                        break
-        finally:
-            await load.http.aclose()
+            port = free_port()
+            env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": REDIS_URL, "STRIPE_WEBHOOK_SECRET": SECRET,
+                   "PORT": str(port), "AIPT_WEB_HOST": "127.0.0.1", "AIPT_QUEUE_NAME": queue_name,
+                   "AIPT_LOG_LEVEL": "warning", "LOG_FORMAT": "json"}
+            if args.batch_size:
+                env["AIPT_CLEANUP_BATCH_SIZE"] = str(args.batch_size)
+            if args.pause is not None:
+                env["AIPT_CLEANUP_PAUSE_SECONDS"] = str(args.pause)
+            server = await start_web(env, port)
+            load = Load(f"http://127.0.0.1:{port}", args.clients)
+            try:
+                await load.run_phase("warmup", 500)
+                deleted = {"stripe_events": 0, "webhook_failures": 0}
+                cleanup_seconds, runs = 0.0, 0
+                async with Cleaner(env) as cleaner:
+                    while deleted["stripe_events"] < args.expired and cleanup_seconds < args.max_seconds:
+                        await load.run_phase("quiet", until=asyncio.sleep(args.segment))
+                        outcome = await load.run_phase("cleanup", until=cleaner.run(args.segment))
+                        if outcome["status"] != "ok":
+                            raise SystemExit(f"cleanup run failed: {outcome}")
+                        runs += 1
+                        cleanup_seconds += outcome["seconds"]
+                        for table, n in outcome["counts"].items():
+                            deleted[table] += n
+                        if not outcome["note"]:  # it finished before its time limit: nothing left
+                            break
+            finally:
+                await load.http.aclose()
 
-        print(f"\ningest: {args.clients} concurrent clients posting signed checkout.session.completed events to "
-              f"`aipt web`, alternating {args.segment:g} s segments")
-        print(f"{'segments':<10}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}  failures")
-        for phase in ("quiet", "cleanup"):
-            lat = load.latencies[phase]
-            print(f"{phase:<10}{len(lat):>10,}{len(lat) / load.seconds[phase]:>9.0f}{statistics.median(lat):>9.2f}"
-                  f"{pct(lat, 99):>9.2f}{max(lat):>9.1f}  {load.failures.get(phase, 0)}")
-        rate = deleted["stripe_events"] / cleanup_seconds
-        print(f"\ncleanup: deleted {deleted['stripe_events']:,} events and {deleted['webhook_failures']:,} failure rows "
-              f"in {cleanup_seconds:.1f} s over {runs} runs → {rate:,.0f} events/s")
-        ratio = pct(load.latencies["cleanup"], 99) / pct(load.latencies["quiet"], 99)
-        print(f"ingest p99 during cleanup / quiet: {ratio:.2f}x (target ≤ 2x: {'met' if ratio <= 2 else 'NOT met'})")
-        if deleted["stripe_events"] != args.expired or any(load.failures.values()):
-            raise SystemExit("the cleanup did not delete every expired event, or ingest failed requests")
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=10)
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-        await admin.close()
-        r = redis_client.Redis.from_url(REDIS_URL)
-        try:
-            keys = [queue_name, queue_name + ":health-check"]
-            async for key in r.scan_iter(match=f"arq:job:stripe:{EVENT_PREFIX}*", count=1000):
-                keys.append(key)
-            await r.delete(*keys)
+            print(f"\ningest: {args.clients} concurrent clients posting signed checkout.session.completed events to "
+                  f"`aipt web`, alternating {args.segment:g} s segments")
+            print(f"{'segments':<10}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}  failures")
+            for phase in ("quiet", "cleanup"):
+                lat = load.latencies[phase]
+                print(f"{phase:<10}{len(lat):>10,}{len(lat) / load.seconds[phase]:>9.0f}{statistics.median(lat):>9.2f}"
+                      f"{pct(lat, 99):>9.2f}{max(lat):>9.1f}  {load.failures.get(phase, 0)}")
+            rate = deleted["stripe_events"] / cleanup_seconds
+            print(f"\ncleanup: deleted {deleted['stripe_events']:,} events and {deleted['webhook_failures']:,} failure rows "
+                  f"in {cleanup_seconds:.1f} s over {runs} runs → {rate:,.0f} events/s")
+            ratio = pct(load.latencies["cleanup"], 99) / pct(load.latencies["quiet"], 99)
+            print(f"ingest p99 during cleanup / quiet: {ratio:.2f}x (target ≤ 2x: {'met' if ratio <= 2 else 'NOT met'})")
+            if deleted["stripe_events"] != args.expired or any(load.failures.values()):
+                raise SystemExit("the cleanup did not delete every expired event, or ingest failed requests")
         finally:
-            await r.aclose()
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=10)
+            r = redis_client.Redis.from_url(REDIS_URL)
+            try:
+                keys = [queue_name, queue_name + ":health-check"]
+                async for key in r.scan_iter(match=f"arq:job:stripe:{EVENT_PREFIX}*", count=1000):
+                    keys.append(key)
+                await r.delete(*keys)
+            finally:
+                await r.aclose()
 
 
 if __name__ == "__main__":

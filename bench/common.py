@@ -11,7 +11,9 @@ import copy
 import json
 import os
 import re
+import signal
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -37,6 +39,28 @@ REDIS_SERVER = os.environ.get("BENCH_REDIS_SERVER", "redis://127.0.0.1:6379")
 REDIS_CLAIM_KEY = "aipt:test:owner"
 SECRET = "whsec_bench_secret"
 DEMO_NEURON = "17ea841a-9ee1-4f9e-87e6-a1f2dbc1edd3"
+
+
+# --- profiling -------------------------------------------------------------------------------------
+
+def start_py_spy(out: str | None, pid: int, idle: bool = False) -> subprocess.Popen | None:
+    """py-spy sampling `pid` into `out` (collapsed stacks) until stop_py_spy; None when out is None.
+    idle: count samples where the process waits too (for a server, where waiting is part of the story)."""
+    if not out:
+        return None
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--format", "raw", *(["--idle"] if idle else []),
+                             "--rate", "200", "--nonblocking", "--output", out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_py_spy(spy: subprocess.Popen | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
 
 
 # --- numbers ---------------------------------------------------------------------------------------

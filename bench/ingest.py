@@ -275,23 +275,12 @@ async def server(db_url: str, redis_url: str, queue_name: str, ratelimit: bool, 
 
 
 def start_py_spy(prefix: str | None, pid: int, name: str) -> subprocess.Popen | None:
-    """py-spy sampling `pid` (collapsed stacks, idle frames included) until stop_py_spy; None without --py-spy."""
+    """py-spy on the server into PREFIX<name>.txt, idle frames included; None without --py-spy."""
     if not prefix:
         return None
-    out = Path(f"{prefix}{name}.txt")
-    spy = Path(sys.executable).with_name("py-spy")
+    out = f"{prefix}{name}.txt"
     print(f"   (py-spy records the server into {out}; it costs the machine some CPU)")
-    return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--format", "raw", "--idle", "--rate", "200",
-                             "--nonblocking", "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def stop_py_spy(spy: subprocess.Popen | None) -> None:
-    if spy is not None:
-        spy.send_signal(signal.SIGINT)
-        try:
-            spy.wait(30)
-        except subprocess.TimeoutExpired:
-            spy.kill()
+    return common.start_py_spy(out, pid, idle=True)
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -363,7 +352,7 @@ async def run_mode(args, url: str, redis_url: str, ratelimit: bool, workdir: Pat
                     if r["unsent"]:
                         print(f"    {r['unsent']} requests not sent (the --max-seconds bound)")
             finally:
-                stop_py_spy(spy)
+                common.stop_py_spy(spy)
             await asyncio.sleep(1)  # the enqueue runs after the response: let the last ones finish
         queued = await queue_length(redis_url, queue_name)
     finally:

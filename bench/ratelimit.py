@@ -21,23 +21,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aipt import migrate  # noqa: E402
+from bench import common  # noqa: E402
 
-ADMIN_URL = os.environ.get(
-    "BENCH_ADMIN_URL", os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-)
 CONCURRENCY = (1, 32)
 ENDPOINT = "bench"
 CHECK = "select allowed from public.f_check_rate_limit(p_endpoint_key => $1, p_user_id => $2)"
@@ -79,15 +74,6 @@ begin
 end
 $$;
 """
-
-
-def url_for(name: str) -> str:
-    return urlunsplit(urlsplit(ADMIN_URL)._replace(path=f"/{name}"))
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 async def clients(pool: asyncpg.Pool, n_clients: int, calls: int, one_call) -> tuple[float, list[float]]:
@@ -141,7 +127,7 @@ async def bench(url: str, calls: int, rounds: int, users: list[uuid.UUID]) -> No
                     rates[name].append(rate)
                     lats[name].extend(lat)
                     round_p50s[name].append(statistics.median(lat))
-            res = {k: (statistics.median(rates[k]), statistics.median(lats[k]), pct(lats[k], 99)) for k in kinds}
+            res = {k: (statistics.median(rates[k]), statistics.median(lats[k]), common.pct(lats[k], 99)) for k in kinds}
             for name, (rate, p50, p99) in res.items():
                 print(f"{n:>7}  {name:<22} {rate:>9.0f} {p50:>8.3f} {p99:>8.3f}")
             base, chk, floor = res["select 1"], res["f_check_rate_limit"], res["floor: its writes, SQL"]
@@ -172,14 +158,9 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per concurrency (default 3)")
     args = parser.parse_args()
 
-    name = f"aipt_bench_{os.getpid()}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-        await admin.execute(f'create database "{name}"')
-        conn = await asyncpg.connect(url_for(name))
+    async with common.scratch_database("aipt_bench_ratelimit", seed_demo=False) as url:
+        conn = await asyncpg.connect(url)
         try:
-            await migrate.migrate(conn)
             # Big enough that every call is allowed: the bench measures the full path (refill,
             # spend, log), not the refusal. log_mode 'all': every call writes a log row.
             await conn.execute(
@@ -196,11 +177,7 @@ async def main() -> None:
             await conn.close()
         print(f"PostgreSQL {version}; " + ", ".join(f"{r['name']}={r['setting']}" for r in settings))
         print(f"calls per measurement: {args.calls} x {args.rounds} rounds; buckets: {args.users}; logging: all requests")
-        await bench(url_for(name), args.calls, args.rounds, [uuid.uuid4() for _ in range(args.users)])
-    finally:
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-        await admin.close()
-
+        await bench(url, args.calls, args.rounds, [uuid.uuid4() for _ in range(args.users)])
 
 if __name__ == "__main__":
     asyncio.run(main())

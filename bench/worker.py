@@ -36,7 +36,6 @@ import contextlib
 import functools
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -99,23 +98,11 @@ async def enqueue_all(redis, event_ids: list[str], concurrency: int = 32) -> Non
 
 
 def start_py_spy(out: str | None) -> subprocess.Popen | None:
-    """py-spy sampling this process (collapsed stacks) until stop_py_spy; None without --py-spy."""
-    if not out:
-        return None
-    spy = Path(sys.executable).with_name("py-spy")
-    proc = subprocess.Popen([str(spy), "record", "--pid", str(os.getpid()), "--format", "raw", "--rate", "200",
-                             "--nonblocking", "--output", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # attached before the round starts
-    return proc
-
-
-def stop_py_spy(spy: subprocess.Popen | None) -> None:
+    """py-spy on this process (the worker runs in it); None without --py-spy."""
+    spy = common.start_py_spy(out, os.getpid())
     if spy is not None:
-        spy.send_signal(signal.SIGINT)
-        try:
-            spy.wait(30)
-        except subprocess.TimeoutExpired:
-            spy.kill()
+        time.sleep(0.5)  # attached before the round starts
+    return spy
 
 
 async def run_worker(settings, fn, timings: Timings, expected: int, max_seconds: float, profile: str | None = None,
@@ -138,7 +125,7 @@ async def run_worker(settings, fn, timings: Timings, expected: int, max_seconds:
     finally:
         wall = time.perf_counter() - t0
         cpu = meter.stop()  # before close: the pool's backends still exist
-        stop_py_spy(spy)
+        common.stop_py_spy(spy)
         await w.close()
     done = len(timings.ends)
     if done != expected:
