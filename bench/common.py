@@ -236,30 +236,30 @@ def _suffix(tag: str, i: int) -> str:
     return f"{tag}{i:07d}"
 
 
-def checkout_event(tag: str, i: int, template: dict | None = None, neuron: str = DEMO_NEURON) -> dict:
-    """A copy of the checkout.session.completed fixture (~3 KB) with its own event, session, intent,
-    customer and user, buying the demo neuron."""
-    ev = copy.deepcopy(template or fixtures.load("checkout.session.completed"))
+def _copy(kind: str, tag: str, i: int, template: dict | None, neuron: str) -> tuple[dict, dict, str, str]:
+    """A copy of a fixture with its own event id and created, bought by its own user: (event, object, suffix, user)."""
+    ev = copy.deepcopy(template or fixtures.load(kind))
     s = _suffix(tag, i)
-    obj = ev["data"]["object"]
     ev["id"] = f"evt_bench_{s}"
     ev["created"] = 1788000000 + i
     user = str(uuid.uuid5(uuid.NAMESPACE_URL, f"bench-user-{s}"))
-    obj.update(id=f"cs_bench_{s}", payment_intent=f"pi_bench_{s}", customer=f"cus_bench_{s}", client_reference_id=user)
+    obj = ev["data"]["object"]
     obj["metadata"] = {"user_id": user, "neuron_id": neuron}
+    return ev, obj, s, user
+
+
+def checkout_event(tag: str, i: int, template: dict | None = None, neuron: str = DEMO_NEURON) -> dict:
+    """A copy of the checkout.session.completed fixture (~3 KB) with its own event, session, intent,
+    customer and user, buying the demo neuron."""
+    ev, obj, s, user = _copy("checkout.session.completed", tag, i, template, neuron)
+    obj.update(id=f"cs_bench_{s}", payment_intent=f"pi_bench_{s}", customer=f"cus_bench_{s}", client_reference_id=user)
     return ev
 
 
 def payment_intent_event(tag: str, i: int, template: dict | None = None, neuron: str = DEMO_NEURON) -> dict:
     """A copy of the payment_intent.succeeded fixture with its own event, intent, customer and user."""
-    ev = copy.deepcopy(template or fixtures.load("payment_intent.succeeded"))
-    s = _suffix(tag, i)
-    obj = ev["data"]["object"]
-    ev["id"] = f"evt_bench_{s}"
-    ev["created"] = 1788000000 + i
-    user = str(uuid.uuid5(uuid.NAMESPACE_URL, f"bench-user-{s}"))
+    ev, obj, s, _ = _copy("payment_intent.succeeded", tag, i, template, neuron)
     obj.update(id=f"pi_bench_{s}", customer=f"cus_bench_{s}", latest_charge=f"ch_bench_{s}")
-    obj["metadata"] = {"user_id": user, "neuron_id": neuron}
     return ev
 
 
