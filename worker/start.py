@@ -7,8 +7,9 @@ jobs, set a worker's pace. The script below makes the same checks and the same w
 Redis, so the claim means what arq's does: not already in progress, still queued, already due.
 
 arq lets a Redis error end the worker process, at start-up after a few tries and mid-run at once (a
-restart loop, on a platform that backs off). Nothing is lost in Redis that Postgres does not also know (the sweeper re-enqueues pending
-events), so the worker waits for Redis instead, and says so once per outage.
+restart loop, on a platform that backs off). Nothing is lost in Redis that Postgres does not also
+know (the sweeper re-enqueues pending events), so the worker waits for Redis instead, and says so
+once per outage.
 """
 
 from __future__ import annotations
