@@ -200,8 +200,10 @@ group by e.status
 order by e.status
 
 -- event_state --
--- What an event is now, for the log line of a job that found it not due.
-select e.event_type, e.status, f.next_retry, coalesce(f.failure_count, 0) as failures
+-- What an event is now, for a job that found it not due; retry_in is by Postgres' clock, the one
+-- consume_due_event goes by.
+select e.event_type, e.status, f.next_retry, coalesce(f.failure_count, 0) as failures,
+       extract(epoch from f.next_retry - now())::float8 as retry_in
 from public.stripe_events e
 left join public.webhook_failures f on f.event_id = e.event_id
 where e.event_id = $1

@@ -145,6 +145,33 @@ async def test_a_retry_survives_redis_losing_its_deferred_job(conn, db_url, redi
     assert await status(conn, event["id"]) == "ok"
 
 
+async def test_a_retry_started_early_waits_for_its_time(conn, db_url, redis):
+    """A retry's job that starts before its next_retry by Postgres' clock (arq rounds to the millisecond;
+    Postgres may run on another host) is deferred by what is left, not dropped until the next sweep.
+    A stale job for an earlier attempt is still just "not due"."""
+    await seed_catalogue(conn)
+    s = make_settings(db_url, retry={"attempts": 3, "base_seconds": 3600, "cap_seconds": 7200})
+    redis.default_queue_name = s.queue.name
+    event = fixtures.load(SUB, "legacy")
+    await stored_enqueued(conn, redis, event)
+    await run_worker(s, max_burst_jobs=2)  # the start-up sweep and the first attempt, which fails
+    await redis.flushdb()  # its retry, an hour away, is replaced by one due now by the worker's clock
+    await conn.execute("insert into public.stripe_customers values ($1, $2)", LEGACY_CUSTOMER, USER)
+    next_retry = await conn.fetchval(
+        "update public.webhook_failures set next_retry = now() + interval '300 milliseconds' returning next_retry")
+    await queue.enqueue_event(redis, event["id"], 1)
+    await queue.enqueue_event(redis, event["id"], 2)
+    with captured_logs() as logs:
+        await run_worker(s)
+    assert await status(conn, event["id"]) == "ok"
+    assert await conn.fetchval("select processed_at from public.stripe_events where event_id = $1", event["id"]) >= next_retry
+    lines = sorted((e["attempt"], e["event"]) for e in logs if e.get("event_id") == event["id"])
+    assert lines == [(1, "event not due (done, dead, or its retry is later)"),
+                     (2, "event ok"), (2, "retry started early; deferred to its time")]
+    [early] = [e for e in logs if e["event"] == "retry started early; deferred to its time"]
+    assert 0 < early["retry_in_ms"] <= 300
+
+
 async def make_dead(conn, db_url, redis) -> tuple[dict, object]:
     await seed_catalogue(conn)
     s = make_settings(db_url, retry={"attempts": 2, "base_seconds": 0.01})

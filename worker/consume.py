@@ -23,6 +23,12 @@ def _rung_for(ctx: dict) -> int | None:
     return int(attempt) if attempt.isdigit() else None
 
 
+def _early_retry(ctx: dict, state) -> bool:
+    """Whether the event waits for a retry that this very job was enqueued for."""
+    return (state["status"] == "error" and state["retry_in"] is not None and state["retry_in"] > 0
+            and _rung_for(ctx) == state["failures"] + 1)
+
+
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
@@ -56,6 +62,13 @@ async def _consume(ctx: dict, event_id: str) -> str:
         if state is None:  # never stored, or gone with retention while a stale job waited
             log.info("event not due: no such event", duration_ms=_ms(started))
             return "not_due"
+        if _early_retry(ctx, state):
+            # This job is that retry, started by the worker's clock a little before Postgres' (arq rounds
+            # to the millisecond; a database on another host has its own clock). Dropped, it would
+            # wait for the sweeper; deferred by what Postgres says is left, it runs on time.
+            log.info("retry started early; deferred to its time", event_type=state["event_type"],
+                     retry_in_ms=round(state["retry_in"] * 1000, 2), duration_ms=_ms(started))
+            raise Retry(defer=state["retry_in"])
         log.info("event not due (done, dead, or its retry is later)", event_type=state["event_type"],
                  status=state["status"], next_retry=state["next_retry"] and state["next_retry"].isoformat(),
                  duration_ms=_ms(started))
