@@ -138,12 +138,18 @@ def make_settings(db_url: str, redis_url: str = TEST_REDIS_URL, **sections) -> s
         log_format="console",
         queue=base.queue.model_copy(update=dict(name=f"aipt:test:{uuid.uuid4().hex[:8]}", poll_delay_seconds=0.01)),
         retry=base.retry.model_copy(update=dict(base_seconds=0.05, cap_seconds=0.2)),
-        sweeper=base.sweeper.model_copy(update=dict(pending_after_seconds=0)),
     )
     for name, values in sections.items():
         current = update.get(name, getattr(base, name))
         update[name] = current.model_copy(update=values) if isinstance(values, dict) else values
     return base.model_copy(update=update)
+
+
+def sweeping_fresh_rows(s: settings_mod.Settings) -> settings_mod.Settings:
+    """The same settings with a sweeper that re-enqueues pending rows however fresh they are: for tests
+    of lost enqueues. Elsewhere the sweeper keeps its grace period, so that its start-up run does not
+    race the test's own jobs and add a second, "not due" run of an event just applied."""
+    return s.model_copy(update={"sweeper": s.sweeper.model_copy(update={"pending_after_seconds": 0})})
 
 
 def sign(body: str, secret: str = SECRET, timestamp: int | None = None) -> str:
@@ -245,7 +251,7 @@ def captured_logs():
 
 
 @pytest.fixture
-def aipt(db_url, monkeypatch):
+def aipt(settings, db_url, monkeypatch):
     """Run `aipt ARGS...` in-process against the test's database, Redis db and queue."""
     import logging
 
@@ -253,7 +259,7 @@ def aipt(db_url, monkeypatch):
 
     from aipt import cli
 
-    s = make_settings(db_url)
+    s = settings
     monkeypatch.setenv("DATABASE_URL", db_url)
     monkeypatch.setenv("REDIS_URL", s.redis_url)
     monkeypatch.setenv("AIPT_QUEUE_NAME", s.queue.name)

@@ -8,7 +8,7 @@ import pytest
 
 from aipt import fixtures, queue
 from tests.billing import billing_state, seed_catalogue, status, store
-from tests.conftest import captured_logs, make_settings, post_event, run_worker, through
+from tests.conftest import captured_logs, make_settings, post_event, run_worker, sweeping_fresh_rows, through
 
 import httpx
 from ingest.app import create_app
@@ -29,7 +29,7 @@ async def test_ingest_then_worker_applies_the_story(client, conn, settings, redi
 
 async def test_redis_down_at_ingest_is_200_and_the_sweeper_applies_it_later(db_url, conn, redis_proxy):
     await seed_catalogue(conn)
-    s = make_settings(db_url, redis_url=through(make_settings(db_url).redis_url, redis_proxy))
+    s = sweeping_fresh_rows(make_settings(db_url, redis_url=through(make_settings(db_url).redis_url, redis_proxy)))
     event = fixtures.load("checkout.session.completed")
     redis_proxy.cut()
     app = create_app(s)
@@ -54,7 +54,7 @@ async def test_redis_losing_jobs_the_sweeper_still_applies_everything(client, co
         await redis.flushdb()
     else:  # the queue is lost but the job keys survive (eviction): they must not block the events
         await redis.delete(settings.queue.name)
-    await run_worker(settings)
+    await run_worker(sweeping_fresh_rows(settings))
     assert {r["status"] for r in await conn.fetch("select status from public.stripe_events")} == {"ok"}
 
 
