@@ -34,7 +34,18 @@ async def test_two_workers_racing_run_every_job_exactly_once(arq_redis):
     for n in range(300):
         await arq_redis.enqueue_job("job", n, _job_id=f"j{n}")
     ran: list = []
-    workers = [worker(arq_redis, ran, max_jobs=8), worker(arq_redis, ran, max_jobs=8)]
+    # The first jobs hold their slots until both workers run one, so neither can take the whole queue
+    # before the other has started (one worker alone can hold only 8).
+    racing, both_racing = set(), asyncio.Event()
+
+    async def hold_until_both_race(job_ctx: dict) -> None:
+        racing.add(job_ctx["worker"])
+        if len(racing) == 2:
+            both_racing.set()
+        await both_racing.wait()
+
+    workers = [worker(arq_redis, ran, max_jobs=8, ctx={"worker": n}, on_job_start=hold_until_both_race)
+               for n in range(2)]
     await asyncio.wait_for(asyncio.gather(*(w.main() for w in workers)), 30)
     assert sorted(job_id for job_id, _ in ran) == sorted(f"j{n}" for n in range(300))
     assert all(w.jobs_complete > 0 for w in workers)  # both took part in the race
