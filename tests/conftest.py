@@ -259,10 +259,9 @@ def aipt(settings, db_url, monkeypatch):
 
     from aipt import cli
 
-    s = settings
     monkeypatch.setenv("DATABASE_URL", db_url)
-    monkeypatch.setenv("REDIS_URL", s.redis_url)
-    monkeypatch.setenv("AIPT_QUEUE_NAME", s.queue.name)
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("AIPT_QUEUE_NAME", settings.queue.name)
     settings_mod.get.cache_clear()
     handlers = logging.root.handlers[:]
     runner = CliRunner()
@@ -271,7 +270,7 @@ def aipt(settings, db_url, monkeypatch):
         # In a thread: the command runs its own event loop (asyncio.run), as from a shell.
         return await asyncio.to_thread(runner.invoke, cli.app, [str(a) for a in args])
 
-    invoke.settings = s
+    invoke.settings = settings
     yield invoke
     settings_mod.get.cache_clear()
     logging.root.handlers[:] = handlers  # the command configured logging on the runner's streams
