@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 import json
+import time
 
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import expires_extra_ms, in_progress_key_prefix, job_key_prefix, result_key_prefix
