@@ -41,21 +41,36 @@ async def remaining(conn, table: str = "stripe_events") -> set[str]:
 
 
 @contextlib.asynccontextmanager
-async def live_worker(settings):
-    """A real worker (not burst) until the block ends: it writes the heartbeat and runs the sweeper."""
+async def running_worker(settings):
+    """A real worker (not burst) on a task of its own until the block ends; yields it and the task.
+
+    On the way out it stops taking jobs and lets the running ones finish before closing: arq's close()
+    would cancel them, and then raise their CancelledError in the test's teardown."""
     from worker.main import build
 
-    handlers = logging.root.handlers[:]
     w = build(settings, handle_signals=False)
     task = asyncio.create_task(w.main())
-    redis = queue.connect(settings)
     try:
-        await wait_for(lambda: redis.exists(queue.health_check_key(settings)), timeout=10)
-        yield w
+        yield w, task
     finally:
-        logging.root.handlers[:] = handlers  # a command run meanwhile logged to its runner's closed stream
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await asyncio.gather(*w.tasks.values(), return_exceptions=True)
         await w.close()
+
+
+@contextlib.asynccontextmanager
+async def live_worker(settings):
+    """A running worker once it is up: it writes the heartbeat and runs the sweeper."""
+    handlers = logging.root.handlers[:]
+    redis = queue.connect(settings)
+    try:
+        async with running_worker(settings) as (w, _):
+            try:
+                await wait_for(lambda: redis.exists(queue.health_check_key(settings)), timeout=10)
+                yield w
+            finally:
+                logging.root.handlers[:] = handlers  # a command run meanwhile logged to its runner's closed stream
+    finally:
         await queue.close(redis)

@@ -1,7 +1,6 @@
 """The arq worker end to end: jobs from ingest, the sweeper healing lost enqueues, Redis outages."""
 
 import asyncio
-import contextlib
 import logging
 
 import pytest
@@ -9,6 +8,7 @@ import pytest
 from aipt import fixtures, queue
 from tests.billing import billing_state, seed_catalogue, status, store
 from tests.conftest import captured_logs, make_settings, post_event, run_worker, sweeping_fresh_rows, through
+from tests.ops import running_worker
 
 import httpx
 from ingest.app import create_app
@@ -109,21 +109,6 @@ async def _applied(conn, redis, event: dict) -> None:
     raise AssertionError(f"{event['id']} not applied: {await status(conn, event['id'])}")
 
 
-@contextlib.asynccontextmanager
-async def _running_worker(settings):
-    from worker.main import build
-
-    w = build(settings, handle_signals=False)
-    running = asyncio.create_task(w.main())
-    try:
-        yield running
-    finally:
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
-        await w.close()
-
-
 def _redis_lines(logs: list[dict]) -> list[dict]:
     return [e for e in logs if e["event"] in ("redis unavailable; the worker waits for it", "redis available again")]
 
@@ -134,7 +119,7 @@ async def test_redis_down_in_a_running_worker_is_waited_out(db_url, conn, redis,
     s = make_settings(db_url, redis_url=through(make_settings(db_url).redis_url, redis_proxy))
     redis.default_queue_name = s.queue.name
     with captured_logs() as logs:
-        async with _running_worker(s) as running:
+        async with running_worker(s) as (_, running):
             await _applied(conn, redis, fixtures.load("checkout.session.completed"))
             redis_proxy.cut()
             await asyncio.sleep(2.5)  # polls, heartbeats and crons all meet a dead Redis
@@ -153,7 +138,7 @@ async def test_a_worker_started_while_redis_is_down_waits_for_it(db_url, conn, r
     redis.default_queue_name = s.queue.name
     redis_proxy.cut()
     with captured_logs() as logs:
-        async with _running_worker(s) as running:
+        async with running_worker(s) as (_, running):
             await asyncio.sleep(6.5)  # arq's own connect gives up after 5 tries a second apart, ending the process
             assert not running.done()
             assert not any(e["event"] == "worker started" for e in logs)
