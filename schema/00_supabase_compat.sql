@@ -1,10 +1,19 @@
 -- =============================================================================
 -- Supabase compatibility
--- On Supabase every object below already exists and this file changes nothing.
+-- On Supabase every object below already exists and this file changes nothing:
+-- it creates, and grants on, only what is missing, so it needs no right in the
+-- auth schema there (newer projects give the postgres role none).
 -- On plain PostgreSQL (tests, local development) it creates the minimum the
 -- other migrations rely on: the roles PostgREST switches to, the auth schema,
 -- auth.users, and auth.uid() / auth.jwt() / auth.role() reading the request's
 -- JWT claims exactly as PostgREST sets them (request.jwt.claims).
+--
+-- This file replaces its first version, which granted on Supabase's own auth
+-- functions and created auth.users "if not exists" (a statement that needs the
+-- right to create in auth even when the table is there). Where that version
+-- ran it created what this one would (its grants on Supabase's auth functions
+-- only repeated what PUBLIC has), so `aipt migrate` accepts it as this one:
+-- aipt:replaces sha256:876f96875266bf48746fa1d312f943444420c11551ceb27060b799203de74f82
 -- =============================================================================
 
 -- -----------------------------------------------------------------------------
@@ -25,26 +34,41 @@ begin
 end
 $$;
 
-create schema if not exists auth;
-grant usage on schema auth to anon, authenticated, service_role;
-grant usage on schema public to anon, authenticated, service_role;
+-- The API roles use schema public. Granted only where a role lacks it, so a
+-- project's existing grants are left exactly as they are.
+do $$
+declare
+  r text;
+begin
+  foreach r in array array['anon', 'authenticated', 'service_role'] loop
+    if not pg_catalog.has_schema_privilege(r, 'public', 'USAGE') then
+      execute format('grant usage on schema public to %I', r);
+    end if;
+  end loop;
+end
+$$;
 
 -- -----------------------------------------------------------------------------
--- auth.users: only the columns this project reads.
--- -----------------------------------------------------------------------------
-create table if not exists auth.users (
-  id uuid primary key default gen_random_uuid(),
-  email text,
-  raw_app_meta_data jsonb not null default '{}'::jsonb,
-  created_at timestamptz not null default now()
-);
-
--- -----------------------------------------------------------------------------
--- auth.jwt(), auth.uid(), auth.role(): created only where missing, so a
--- Supabase database keeps its own definitions.
+-- The auth schema, auth.users (only the columns this project reads), and
+-- auth.jwt(), auth.uid(), auth.role(): each created, and granted, only where
+-- missing, so a Supabase database keeps its own definitions and grants.
 -- -----------------------------------------------------------------------------
 do $$
 begin
+  if to_regnamespace('auth') is null then
+    create schema auth;
+    grant usage on schema auth to anon, authenticated, service_role;
+  end if;
+
+  if to_regclass('auth.users') is null then
+    create table auth.users (
+      id uuid primary key default gen_random_uuid(),
+      email text,
+      raw_app_meta_data jsonb not null default '{}'::jsonb,
+      created_at timestamptz not null default now()
+    );
+  end if;
+
   if to_regprocedure('auth.jwt()') is null then
     create function auth.jwt() returns jsonb
     language sql stable
@@ -54,6 +78,7 @@ begin
         nullif(current_setting('request.jwt.claims', true), '')
       )::jsonb
     $f$;
+    grant execute on function auth.jwt() to anon, authenticated, service_role;
   end if;
 
   if to_regprocedure('auth.uid()') is null then
@@ -65,6 +90,7 @@ begin
         nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'
       )::uuid
     $f$;
+    grant execute on function auth.uid() to anon, authenticated, service_role;
   end if;
 
   if to_regprocedure('auth.role()') is null then
@@ -76,8 +102,7 @@ begin
         nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role'
       )::text
     $f$;
+    grant execute on function auth.role() to anon, authenticated, service_role;
   end if;
 end
 $$;
-
-grant execute on function auth.jwt(), auth.uid(), auth.role() to anon, authenticated, service_role;
