@@ -1,17 +1,17 @@
 -- insert_event --
 -- Store an accepted webhook; no row back means Stripe redelivered one we have.
-insert into public.stripe_events (event_id, event_type, api_version, created, livemode, payload)
+insert into public.stripe_events (id, type, api_version, created, livemode, payload)
 values ($1, $2, $3, $4, $5, $6::jsonb)
-on conflict (event_id) do nothing
-returning event_id
+on conflict (id) do nothing
+returning id
 
 -- consume_due_event --
 -- Apply the event if it is due (pending, or a retry whose time has come); no row when it is not.
-select e.event_type, coalesce(f.failure_count, 0) + 1 as attempt,
-       public.consume_stripe_event(p_event_id => e.event_id, p_event_type => e.event_type, p_payload => e.payload) as outcome
+select e.type as event_type, coalesce(f.failure_count, 0) + 1 as attempt,
+       public.apply_stripe_event(p_id => e.id, p_type => e.type, p_payload => e.payload) as outcome
 from public.stripe_events e
-left join public.webhook_failures f on f.event_id = e.event_id
-where e.event_id = $1
+left join public.webhook_failures f on f.event_id = e.id
+where e.id = $1
   and (e.status = 'pending' or (e.status = 'error' and f.next_retry <= now()))
 
 -- record_failure --
@@ -23,14 +23,14 @@ from public.record_stripe_event_failure(
 
 -- event_attempt --
 -- The attempt number the next run of an event will be.
-select coalesce(f.failure_count, 0) + 1 as attempt, e.event_type
+select coalesce(f.failure_count, 0) + 1 as attempt, e.type as event_type
 from public.stripe_events e
-left join public.webhook_failures f on f.event_id = e.event_id
-where e.event_id = $1
+left join public.webhook_failures f on f.event_id = e.id
+where e.id = $1
 
 -- due_events --
 -- What the sweeper enqueues: pending rows older than the grace period, and retries now due.
-(select e.event_id, 1 as attempt
+(select e.id as event_id, 1 as attempt
    from public.stripe_events e
   where e.status = 'pending' and e.received_at < now() - make_interval(secs => $1)
   order by e.received_at
@@ -52,24 +52,24 @@ select event_type, attempts, error_message, dead_count from public.claim_dead_al
 
 -- list_events --
 -- Events for operators, newest first; each filter is optional (null).
-select e.event_id, e.event_type, e.status, coalesce(f.failure_count, 0) as attempts,
+select e.id as event_id, e.type as event_type, e.status, coalesce(f.failure_count, 0) as attempts,
        e.received_at, now() - e.received_at as age, f.next_retry, f.error_message as last_error
 from public.stripe_events e
-left join public.webhook_failures f on f.event_id = e.event_id
+left join public.webhook_failures f on f.event_id = e.id
 where ($1::text is null or e.status = $1)
-  and ($2::text is null or e.event_type = $2)
+  and ($2::text is null or e.type = $2)
   and ($3::float8 is null or e.received_at >= now() - make_interval(secs => $3))
 order by e.received_at desc
 limit $4
 
 -- show_event --
 -- One event with its payload and failure history.
-select e.event_id, e.event_type, e.status, e.api_version, e.created, e.livemode, e.received_at, e.processed_at,
-       e.payload, f.failure_count, f.max_retries, f.next_retry, f.dead_at, f.alerted_at, f.permanent,
-       f.error_message, f.history
+select e.id as event_id, e.type as event_type, e.status, e.api_version, e.created, e.livemode, e.received_at,
+       e.processed_at, e.error, e.payload, f.failure_count, f.max_retries, f.next_retry, f.dead_at, f.alerted_at,
+       f.permanent, f.error_message, f.history
 from public.stripe_events e
-left join public.webhook_failures f on f.event_id = e.event_id
-where e.event_id = $1
+left join public.webhook_failures f on f.event_id = e.id
+where e.id = $1
 
 -- list_dead --
 -- The dead-letter queue: failed events with no automatic attempt left, oldest death first.
@@ -141,7 +141,7 @@ order by requests_last_hour desc, endpoint_key
 -- rate_limit_top_users --
 -- The busiest callers of the last 24 hours, by user id or anonymous address; $1 = how many.
 select * from public.v_rate_limit_top_users
-order by requests_last_day desc, last_request desc
+order by requests_last_24h desc, blocked_last_24h desc, last_request desc
 limit $1
 
 -- check_webhook_limit --
@@ -202,8 +202,8 @@ order by e.status
 -- event_state --
 -- What an event is now, for a job that found it not due; retry_in is by Postgres' clock, the one
 -- consume_due_event goes by.
-select e.event_type, e.status, f.next_retry, coalesce(f.failure_count, 0) as failures,
+select e.type as event_type, e.status, f.next_retry, coalesce(f.failure_count, 0) as failures,
        extract(epoch from f.next_retry - now())::float8 as retry_in
 from public.stripe_events e
-left join public.webhook_failures f on f.event_id = e.event_id
-where e.event_id = $1
+left join public.webhook_failures f on f.event_id = e.id
+where e.id = $1

@@ -56,7 +56,7 @@ EVENT_PREFIX = f"evt_cleanupbench{os.getpid()}_"  # this run's events (and their
 
 # Expired events: finished (ok) 100-200 days ago, with a payload about the size of a real one.
 EXPIRED = """
-insert into public.stripe_events (event_id, event_type, created, payload, status, received_at, processed_at)
+insert into public.stripe_events (id, type, created, payload, status, received_at, processed_at)
 select 'evt_expired_' || g, 'invoice.payment_succeeded', 1700000000 + g,
        jsonb_build_object('id', 'evt_expired_' || g, 'object', 'event', 'type', 'invoice.payment_succeeded',
                           'data', jsonb_build_object('object', jsonb_build_object(

@@ -227,7 +227,7 @@ async def main() -> None:
                     print(fmt(f"consume ({args.kind})", r, f"r{rnd}"))
                     async with store.acquire() as conn:
                         status = dict(await conn.fetch(
-                            "select status, count(*) from public.stripe_events where event_id like $1 group by status",
+                            "select status, count(*) from public.stripe_events where id like $1 group by status",
                             f"evt_bench_w{rnd}_%"))
                     if status != {"ok": args.events} or r["outcomes"] != {"ok": args.events}:
                         print(f"   statuses after the round: {status}; job outcomes: {r['outcomes']}")

@@ -42,7 +42,7 @@ def variant(event: dict, created: int | None = None, **object_changes) -> dict:
 
 
 async def status(conn: asyncpg.Connection, event_id: str) -> str:
-    return await conn.fetchval("select status from public.stripe_events where event_id = $1", event_id)
+    return await conn.fetchval("select status from public.stripe_events where id = $1", event_id)
 
 
 async def billing_state(conn: asyncpg.Connection) -> dict:

@@ -11,17 +11,22 @@ import asyncpg
 
 async def user(conn: asyncpg.Connection, email: str | None = None) -> uuid.UUID:
     return await conn.fetchval(
-        "insert into auth.users (email) values ($1) returning id", email or f"{uuid.uuid4().hex[:8]}@example.test"
+        # Supabase's auth.users has no default id (GoTrue supplies one): so do we.
+        "insert into auth.users (id, email) values (gen_random_uuid(), $1) returning id",
+        email or f"{uuid.uuid4().hex[:8]}@example.test",
     )
 
 
-async def neuron(conn: asyncpg.Connection, slug: str | None = None, tier: int = 0) -> uuid.UUID:
+async def neuron(conn: asyncpg.Connection, slug: str | None = None, tier: int = 0, published: bool = True) -> uuid.UUID:
     slug = slug or f"n-{uuid.uuid4().hex[:8]}"
     return await conn.fetchval(
-        "insert into public.neurons (slug, title, required_tier) values ($1, $2, $3) returning id",
+        "insert into public.neurons (slug, title, required_tier, published, content_full) values ($1, $2, $3, $4, $5)"
+        " returning id",
         slug,
         slug.title(),
         tier,
+        published,
+        f"FULL: the body of {slug}",
     )
 
 

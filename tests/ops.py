@@ -19,7 +19,7 @@ async def event(conn, status: str, received: float, processed: float | None = No
     """
     event_id = f"evt_{uuid.uuid4().hex[:20]}"
     await conn.execute(
-        """insert into public.stripe_events (event_id, event_type, created, payload, status, received_at, processed_at)
+        """insert into public.stripe_events (id, type, created, payload, status, received_at, processed_at)
            values ($1, 'invoice.payment_succeeded', 0, '{}', $2,
                    now() - make_interval(secs => $3::float8 * 86400), now() - make_interval(secs => $4::float8 * 86400))""",
         event_id, status, received, processed,
@@ -37,7 +37,8 @@ async def event(conn, status: str, received: float, processed: float | None = No
 
 
 async def remaining(conn, table: str = "stripe_events") -> set[str]:
-    return {r["event_id"] for r in await conn.fetch(f"select event_id from public.{table}")}
+    column = "id" if table == "stripe_events" else "event_id"
+    return {r[0] for r in await conn.fetch(f"select {column} from public.{table}")}
 
 
 @contextlib.asynccontextmanager

@@ -23,6 +23,14 @@ async def seeded_url(template_db):
     url = await create_database(name, template=template_db)
     conn = await asyncpg.connect(url)
     try:
+        await conn.execute("insert into auth.users (id, email) values ($1, 'alice@example.com')", ALICE)
+        await conn.executemany(
+            """insert into public.rate_limit_buckets (endpoint_key, bucket_key, user_id, tokens_remaining, last_refill,
+                                                     last_request, request_count)
+               values ($1, $2, $3, 0, now(), now() - make_interval(mins => $4), $5)""",
+            [("search", f"user:{ALICE}", ALICE, 1, 3), ("search", "ip:192.0.2.8", None, 4, 1),
+             ("user_auth", f"user:{ALICE}", ALICE, 5, 1)],
+        )
         await conn.executemany(
             """insert into public.rate_limit_log (request_timestamp, endpoint_key, user_id, ip_address, was_allowed,
                                                  tokens_consumed, tokens_remaining)
@@ -32,7 +40,7 @@ async def seeded_url(template_db):
                 (2, "search", ALICE, None, False),
                 (3, "search", ALICE, None, False),
                 (4, "search", None, "192.0.2.8", False),
-                (5, "checkout", ALICE, None, True),
+                (5, "user_auth", ALICE, None, True),
             ],
         )
     finally:
@@ -63,7 +71,7 @@ def test_dashboard_json(cli):
     assert len(rows) == 6
     assert rows["search"]["requests_last_hour"] == 4 and rows["search"]["blocked_last_hour"] == 3
     assert rows["search"]["block_rate_percent"] == 75.0
-    assert rows["checkout"]["requests_last_hour"] == 1 and rows["checkout"]["block_rate_percent"] == 0.0
+    assert rows["user_auth"]["requests_last_hour"] == 1 and rows["user_auth"]["block_rate_percent"] == 0.0
     assert list(rows)[0] == "search"  # busiest first
 
 
@@ -78,14 +86,15 @@ def test_top_users_json_and_limit(cli):
     result = cli("ratelimit", "top-users", "--json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert [(r["user_id"], r["ip_address"], r["requests_last_day"], r["blocked_last_day"]) for r in rows] == [
-        (str(ALICE), None, 4, 2),
-        (None, "192.0.2.8", 1, 1),
+    got = [(r["email"], r["endpoint_key"], r["bucket_key"], r["requests_last_24h"], r["blocked_last_24h"]) for r in rows]
+    assert got == [
+        ("alice@example.com", "search", f"user:{ALICE}", 3, 2),
+        (None, "search", "ip:192.0.2.8", 1, 1),
+        ("alice@example.com", "user_auth", f"user:{ALICE}", 1, 0),
     ]
-    assert rows[0]["endpoints"] == ["checkout", "search"] and "email" not in rows[0]
 
     limited = cli("ratelimit", "top-users", "--json", "--limit", "1")
-    assert [r["user_id"] for r in json.loads(limited.stdout)] == [str(ALICE)]
+    assert [r["bucket_key"] for r in json.loads(limited.stdout)] == [f"user:{ALICE}"]
 
 
 def test_top_users_table(cli):

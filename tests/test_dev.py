@@ -53,7 +53,7 @@ async def test_dev_on_embedded_servers_applies_a_test_checkout_and_stops_cleanly
         conn = await asyncpg.connect(urls["DATABASE_URL"])
         try:
             async def applied():
-                return await conn.fetchval("select status = 'ok' from public.stripe_events where event_id = $1", event_id)
+                return await conn.fetchval("select status = 'ok' from public.stripe_events where id = $1", event_id)
 
             await wait_for(applied, timeout=20)
             assert await conn.fetchval("select count(*) from public.user_purchases") == 1

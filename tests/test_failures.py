@@ -164,7 +164,7 @@ async def test_a_retry_started_early_waits_for_its_time(conn, db_url, redis):
     with captured_logs() as logs:
         await run_worker(s)
     assert await status(conn, event["id"]) == "ok"
-    assert await conn.fetchval("select processed_at from public.stripe_events where event_id = $1", event["id"]) >= next_retry
+    assert await conn.fetchval("select processed_at from public.stripe_events where id = $1", event["id"]) >= next_retry
     lines = sorted((e["attempt"], e["event"]) for e in logs if e.get("event_id") == event["id"])
     assert lines == [(1, "event not due (done, dead, or its retry is later)"),
                      (2, "event ok"), (2, "retry started early; deferred to its time")]
@@ -234,14 +234,16 @@ async def test_requeue_refuses_what_is_not_dead_and_changes_nothing(conn, redis)
 
 async def test_reprocess_from_psql(conn, db_url, redis):
     event, _ = await make_dead(conn, db_url, redis)
-    outcome = await conn.fetchval("select public.reprocess_stripe_event($1)", event["id"])
-    assert outcome.startswith("error: user not known yet")
+    assert await conn.fetchval("select public.reprocess_stripe_event(p_id => $1)", event["id"]) is False
+    assert (await conn.fetchval("select error from public.stripe_events where id = $1", event["id"])).startswith(
+        "user not known yet")
     f = await failure(conn, event["id"])
     assert (f["failure_count"], f["next_retry"]) == (3, None)
     await conn.execute("insert into public.stripe_customers values ($1, $2)", LEGACY_CUSTOMER, USER)
-    assert await conn.fetchval("select public.reprocess_stripe_event($1)", event["id"]) == "ok"
-    assert await conn.fetchval("select public.reprocess_stripe_event($1)", event["id"]) == "duplicate"
+    assert await conn.fetchval("select public.reprocess_stripe_event($1)", event["id"]) is True
+    assert await conn.fetchval("select public.reprocess_stripe_event($1)", event["id"]) is False  # done already
     assert await status(conn, event["id"]) == "ok"
+    assert await conn.fetchval("select error from public.stripe_events where id = $1", event["id"]) is None
     with pytest.raises(asyncpg.PostgresError, match="no stripe event"):
         await conn.fetchval("select public.reprocess_stripe_event('evt_nope')")
 

@@ -17,7 +17,10 @@ from tests.conftest import create_database, drop_database
 from tests.roles import acting_as
 
 CHECK = "select * from public.f_check_rate_limit(p_endpoint_key => $1, p_tokens_required => $2, p_user_id => $3)"
-SIX = {"search", "content_access", "admin_crud", "stripe_webhook", "checkout", "api_general"}
+# The seed's six endpoints: (requests per minute, burst), window 1.
+SEED = {"search": (60, 120), "content_access": (30, 60), "admin_crud": (100, 200), "stripe_webhook": (1000, 2000),
+        "user_auth": (10, 20), "api_general": (120, 240)}
+SIX = set(SEED)
 
 
 async def endpoint(conn, rpm: int, burst: int, **extra) -> str:
@@ -81,8 +84,22 @@ async def tx(module_db):
 
 async def test_seed_has_the_six_endpoints(tx):
     rows = await tx.fetch("select * from public.rate_limit_config")
-    assert {r["endpoint_key"] for r in rows} == SIX
-    assert all(r["is_active"] and r["log_mode"] == "all" and r["burst_size"] > 0 for r in rows)
+    assert {r["endpoint_key"]: (r["requests_per_minute"], r["burst_size"]) for r in rows} == SEED
+    assert all(r["is_active"] and r["log_mode"] == "all" and r["window_size_minutes"] == 1 for r in rows)
+
+
+async def test_an_endpoint_that_never_refills(tx):
+    """requests_per_minute = 0 (the deployed shop allowed it): the burst, then nothing, for good."""
+    key = await endpoint(tx, rpm=0, burst=2)
+    user = uuid.uuid4()
+    got = [await check(tx, key, 1, user) for _ in range(2)]
+    assert [r["allowed"] for r in got] == [True, True]
+    refused = await tx.fetchrow(
+        "select allowed, reset_time = 'infinity' as never, reason from public.f_check_rate_limit($1, 1, $2)", key, user)
+    assert (refused["allowed"], refused["never"]) == (False, True)
+    assert "does not refill" in refused["reason"]
+    await backdate(tx, key, 3600)
+    assert not (await check(tx, key, 1, user))["allowed"]
 
 
 async def test_burst_then_steady_rate(tx):
@@ -331,7 +348,8 @@ async def test_a_member_of_service_role_is_trusted_like_it(tx):
     role = f"rl_member_{uuid.uuid4().hex[:8]}"
     key = await endpoint(tx, rpm=1, burst=3)
     user = uuid.uuid4()
-    await tx.execute(f"create role {role} nologin; grant service_role to {role}")
+    # Granted to the test's own role too, so it may SET ROLE without being a superuser (as on Supabase).
+    await tx.execute(f"create role {role} nologin; grant service_role to {role}; grant {role} to current_user")
     await tx.execute(f"set local role {role}")
     await check(tx, key, 1, user)
     await check(tx, key, 1, None)
@@ -486,40 +504,52 @@ async def test_dashboard_counts_a_known_log_without_fan_out(tx):
     await _log(tx, [
         (1, "search", a, None, True), (2, "search", a, None, False), (10, "search", b, None, True),
         (50, "search", None, "192.0.2.1", True), (61, "search", a, None, False), (300, "search", b, None, True),
-        # checkout: 2 requests, both blocked; no buckets in the last hour.
-        (3, "checkout", a, None, False), (4, "checkout", a, None, False),
+        # user_auth: 2 requests, both blocked; no buckets in the last hour.
+        (3, "user_auth", a, None, False), (4, "user_auth", a, None, False),
     ])  # fmt: skip
     rows = {r["endpoint_key"]: r for r in await tx.fetch("select * from public.v_rate_limit_dashboard")}
     assert set(rows) == SIX
-    s, c, w = rows["search"], rows["checkout"], rows["stripe_webhook"]
-    assert (s["active_buckets"], s["requests_last_hour"], s["blocked_last_hour"], s["block_rate_percent"]) == (3, 4, 1, 25.0)
-    assert (c["active_buckets"], c["requests_last_hour"], c["blocked_last_hour"], c["block_rate_percent"]) == (0, 2, 2, 100.0)
-    assert (w["active_buckets"], w["requests_last_hour"], w["blocked_last_hour"], w["block_rate_percent"]) == (0, 0, 0, 0.0)
+    assert list(rows["search"].keys()) == [  # the deployed view's columns, in its order, then log_mode
+        "endpoint_key", "requests_per_minute", "burst_size", "is_active", "active_buckets", "requests_last_hour",
+        "blocked_last_hour", "block_rate_percent", "log_mode"]
+    s, c, w = rows["search"], rows["user_auth"], rows["stripe_webhook"]
+    assert (s["active_buckets"], s["requests_last_hour"], s["blocked_last_hour"], s["block_rate_percent"]) == (3, 4, 1, 25)
+    assert (c["active_buckets"], c["requests_last_hour"], c["blocked_last_hour"], c["block_rate_percent"]) == (0, 2, 2, 100)
+    # No requests: no rate (null), as the deployed view had it.
+    assert (w["active_buckets"], w["requests_last_hour"], w["blocked_last_hour"], w["block_rate_percent"]) == (0, 0, 0, None)
     assert s["log_mode"] == "all" and s["is_active"]
 
 
-async def test_top_users_by_id_or_address_without_emails(tx):
+async def test_top_users_per_bucket_with_emails_for_admins(tx):
     a, b = uuid.uuid4(), uuid.uuid4()
     await tx.execute("insert into auth.users (id, email) values ($1, 'a@example.com'), ($2, 'b@example.com')", a, b)
+    for endpoint_key, bucket_key, user in [("search", f"user:{a}", a), ("user_auth", f"user:{a}", a),
+                                           ("search", f"user:{b}", b), ("search", "ip:198.51.100.7", None)]:
+        await _bucket(tx, endpoint_key, bucket_key, 1, user)
     await _log(tx, [
         *[(m, "search", a, "192.0.2.9", m % 2 == 0) for m in range(1, 6)],  # 5, 3 blocked (odd m)
-        (7, "checkout", a, None, True),
+        (7, "user_auth", a, None, True),
         *[(m, "search", b, None, True) for m in range(1, 4)],  # 3
         *[(m, "search", None, "198.51.100.7", False) for m in range(1, 5)],  # 4 anonymous, all blocked
         (25 * 60, "search", b, None, True),  # older than a day
     ])  # fmt: skip
     rows = await tx.fetch("select * from public.v_rate_limit_top_users")
-    assert not any("mail" in col for col in rows[0].keys())
-    got = [(r["user_id"], r["ip_address"] and str(r["ip_address"]), r["requests_last_day"], r["blocked_last_day"], r["endpoints"]) for r in rows]
+    assert list(rows[0].keys()) == [  # the deployed view's columns, in its order, then this project's
+        "email", "endpoint_key", "tokens_remaining", "request_count", "last_request", "requests_last_24h",
+        "blocked_last_24h", "user_id", "bucket_key"]
+    got = [(r["email"], r["endpoint_key"], r["requests_last_24h"], r["blocked_last_24h"], r["bucket_key"]) for r in rows]
     assert got == [
-        (a, None, 6, 3, ["checkout", "search"]),
-        (None, "198.51.100.7", 4, 4, ["search"]),
-        (b, None, 3, 0, ["search"]),
+        ("a@example.com", "search", 5, 3, f"user:{a}"),
+        (None, "search", 4, 4, "ip:198.51.100.7"),
+        ("b@example.com", "search", 3, 0, f"user:{b}"),
+        ("a@example.com", "user_auth", 1, 0, f"user:{a}"),
     ]
 
 
 async def test_views_are_admin_only(tx):
-    await _log(tx, [(1, "search", uuid.uuid4(), None, True)])
+    user = uuid.uuid4()
+    await _bucket(tx, "search", f"user:{user}", 1, user)
+    await _log(tx, [(1, "search", user, None, True)])
     for view in ("v_rate_limit_dashboard", "v_rate_limit_top_users"):
         async with acting_as(tx, "authenticated", uuid.uuid4()):
             assert await tx.fetch(f"select * from public.{view}") == []

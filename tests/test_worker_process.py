@@ -53,7 +53,7 @@ async def held_event(conn, db_url, settings, redis):
     await queue.enqueue_event(redis, event["id"])
     locker = await asyncpg.connect(db_url)
     await locker.execute("begin")
-    await locker.execute("select 1 from public.stripe_events where event_id = $1 for update", event["id"])
+    await locker.execute("select 1 from public.stripe_events where id = $1 for update", event["id"])
     yield event, locker
     await locker.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import decimal
 import json
 import os
 import sys
@@ -78,6 +79,8 @@ def _plain(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
     return str(value) if not isinstance(value, (int, float, bool, str, list, dict, type(None))) else value
 
 

@@ -11,14 +11,14 @@
 savepoint rate_limit_part;
 
 -- -----------------------------------------------------------------------------
--- Shape: the six endpoints, the API, locked-down functions, RLS everywhere.
+-- Shape: the seed's six endpoints, the API, locked-down functions, RLS everywhere.
 -- -----------------------------------------------------------------------------
 do $$
 declare
   v_missing text;
 begin
   select string_agg(k, ', ') into v_missing
-  from unnest(array['search', 'content_access', 'admin_crud', 'stripe_webhook', 'checkout', 'api_general']) k
+  from unnest(array['search', 'content_access', 'admin_crud', 'stripe_webhook', 'user_auth', 'api_general']) k
   where not exists (select 1 from public.rate_limit_config c where c.endpoint_key = k);
   if v_missing is not null then
     raise exception 'rate_limit: endpoints missing from rate_limit_config: %', v_missing;

@@ -53,10 +53,13 @@ begin
        and c.reloptions @> array['security_invoker=true']) = 2,
     'the deleted views run with the caller''s rights');
   perform pg_temp.expect(
-    not exists (select 1 from information_schema.columns
-                where table_schema = 'public' and table_name in ('v_neurons_deleted', 'v_bundles_deleted')
-                  and column_name like '%email%'),
-    'the deleted views show no e-mail');
+    (select array_agg(column_name::text order by ordinal_position) from information_schema.columns
+      where table_schema = 'public' and table_name = 'v_neurons_deleted')
+      @> array['id', 'slug', 'title', 'summary', 'deleted_at', 'deleted_by_email', 'deletion_reason', 'active_bundle_refs'],
+    'v_neurons_deleted has the deployed columns');
+  perform pg_temp.expect(
+    not has_function_privilege('anon', 'public.admin_user_email(uuid)', 'execute'),
+    'anon cannot ask for e-mails');
   perform pg_temp.expect(
     (select c.relrowsecurity from pg_catalog.pg_class c where c.oid = 'public.content_deletion_log'::regclass),
     'the audit trail has row-level security');
@@ -86,9 +89,9 @@ declare
   v_tag text := substr(md5(random()::text), 1, 10);
 begin
   -- 'reached' sits at v_tier, which the subscription below reaches; everything else sits above it.
-  insert into public.neurons (id, slug, title, required_tier)
+  insert into public.neurons (id, slug, title, required_tier, published)
   select pg_temp.sd(k), 'sd-' || v_tag || '-' || k, 'Soft delete check: ' || k,
-         case when k = 'reached' then v_tier else v_tier + 1 end
+         case when k = 'reached' then v_tier else v_tier + 1 end, true
   from unnest(array['free', 'held', 'bought', 'reached', 'kept', 'dropped']) k;
   insert into public.bundles (id, slug, title, required_tier)
   select pg_temp.sd(k), 'sd-' || v_tag || '-' || k, 'Soft delete check: ' || k, v_tier + 1
@@ -212,7 +215,10 @@ select pg_temp.act_as('anon');
 
 do $$
 begin
-  perform pg_temp.expect(not exists (select 1 from public.neurons where id = pg_temp.sd('dropped')),
+  perform pg_temp.expect_error('select 1 from public.neurons', '42501', 'anon cannot read the neurons table');
+  perform pg_temp.expect(exists (select 1 from public.v_neuron_public where id = pg_temp.sd('kept')),
+    'anon sees live neurons in the public catalogue');
+  perform pg_temp.expect(not exists (select 1 from public.v_neuron_public where id = pg_temp.sd('dropped')),
     'anon does not see a deleted neuron');
   perform pg_temp.expect_error('select * from public.v_neurons_deleted', '42501', 'anon cannot read v_neurons_deleted');
   perform pg_temp.expect_error('select * from public.content_deletion_log', '42501', 'anon cannot read the trail');

@@ -1,5 +1,5 @@
 -- =============================================================================
--- Stripe events (18_stripe_events_dlq.sql): production checks, runnable with psql.
+-- Stripe events (18_stripe_events_dlq.sql, 45_stripe_events_v2.sql): production checks, runnable with psql.
 -- Included by tests/sql/test-production-infrastructure.sql (inside begin ...
 -- rollback, as the migrating role). Uses its own savepoint and ids that no real
 -- event has (evt_sqlcheck_*), so it leaves nothing behind. The first wrong
@@ -50,7 +50,7 @@ insert into sqlcheck_events values
      "data": {"object": {"id": "in_sqlcheck_other"}}}');
 
 create function pg_temp.consume(p_name text) returns text language sql as $$
-  select public.consume_stripe_event(e.payload ->> 'id', e.payload ->> 'type', e.payload)
+  select public.apply_stripe_event(e.payload ->> 'id', e.payload ->> 'type', e.payload)
   from sqlcheck_events e where e.name = p_name
 $$;
 
@@ -65,6 +65,25 @@ select pg_temp.expect(
 select pg_temp.expect(
   (select user_id = '0badc0de-0000-4000-8000-0000000000aa' from public.stripe_customers where customer_id = 'cus_sqlcheck'),
   'the checkout taught the customer mapping');
+
+\echo stripe events: the deployed API and the deployed checkout metadata
+insert into sqlcheck_events values
+  ('deployed', '{"id": "evt_sqlcheck_deployed", "object": "event", "type": "checkout.session.completed", "created": 1100,
+     "data": {"object": {"id": "cs_sqlcheck_deployed", "object": "checkout.session", "mode": "payment",
+       "payment_status": "paid", "payment_intent": "pi_sqlcheck_deployed", "amount_total": 700, "currency": "eur",
+       "metadata": {"uid": "0badc0de-0000-4000-8000-0000000000bb", "kind": "neuron",
+                    "neuron_id": "0badc0de-0000-4000-8000-000000000001"}}}}');
+select pg_temp.expect(
+  (select public.consume_stripe_event(p_id => payload ->> 'id', p_type => payload ->> 'type', p_payload => payload)
+     from sqlcheck_events where name = 'deployed'),
+  'consume_stripe_event(p_id, p_type, p_payload) applies an event and says true');
+select pg_temp.expect(
+  (select not public.consume_stripe_event(payload ->> 'id', payload ->> 'type', payload) from sqlcheck_events where name = 'deployed'),
+  'consume_stripe_event says false for an event applied before');
+select pg_temp.expect(
+  (select count(*) = 1 from public.user_purchases
+    where payment_intent_id = 'pi_sqlcheck_deployed' and user_id = '0badc0de-0000-4000-8000-0000000000bb'),
+  'metadata.uid and metadata.kind (the deployed checkout) name the buyer and the product');
 
 \echo stripe events: subscriptions keep the newest state and deletion is terminal
 select pg_temp.expect(pg_temp.consume('sub_updated') = 'ok', 'subscription updated applies');
@@ -91,7 +110,7 @@ select pg_temp.expect(pg_temp.consume('unknown_type') = 'skipped', 'an unhandled
 
 \echo stripe events: failures retry, die, and come back through reprocess
 select pg_temp.expect_error($$select pg_temp.consume('stranger')$$, 'PT001', 'an unknown customer is a retryable error');
-insert into public.stripe_events (event_id, event_type, created, payload)
+insert into public.stripe_events (id, type, created, payload)
 select payload ->> 'id', payload ->> 'type', 6000, payload from sqlcheck_events where name = 'stranger';
 select pg_temp.expect(
   (select not dead and attempt = 1 and next_retry > now()
@@ -102,15 +121,21 @@ select pg_temp.expect(
      from public.record_stripe_event_failure('evt_sqlcheck_stranger', 'user not known', 'PT001', 2, 60, 2, 3600)),
   'the last attempt goes dead');
 select pg_temp.expect(
-  (select status = 'error' from public.stripe_events where event_id = 'evt_sqlcheck_stranger'), 'a dead event stays error');
+  (select status = 'error' from public.stripe_events where id = 'evt_sqlcheck_stranger'), 'a dead event stays error');
 select pg_temp.expect(
   (select count(*) = 1 from public.claim_dead_alert('evt_sqlcheck_stranger'))
   and (select count(*) = 0 from public.claim_dead_alert('evt_sqlcheck_stranger')),
   'a death is announced once');
-select pg_temp.expect(public.reprocess_stripe_event('evt_sqlcheck_stranger') like 'error: user not known yet%',
+select pg_temp.expect(public.reprocess_stripe_event('evt_sqlcheck_stranger') = false,
   'reprocess records a failure instead of raising');
+select pg_temp.expect(
+  (select error like 'user not known yet%' from public.stripe_events where id = 'evt_sqlcheck_stranger'),
+  'the event carries its last error');
 insert into public.stripe_customers values ('cus_sqlcheck_unknown', '0badc0de-0000-4000-8000-0000000000aa');
-select pg_temp.expect(public.reprocess_stripe_event('evt_sqlcheck_stranger') = 'ok', 'reprocess applies once fixed');
+select pg_temp.expect(public.reprocess_stripe_event('evt_sqlcheck_stranger'), 'reprocess applies once fixed');
+select pg_temp.expect(
+  (select status = 'ok' and error is null from public.stripe_events where id = 'evt_sqlcheck_stranger'),
+  'an applied event carries no error');
 select pg_temp.expect(
   (select failure_count = 3 and jsonb_array_length(history) = 3 and resolved_at is not null
      from public.webhook_failures where event_id = 'evt_sqlcheck_stranger'),
@@ -127,7 +152,7 @@ select pg_temp.act_as('anon');
 select pg_temp.expect_error($$select public.reprocess_stripe_event('evt_sqlcheck_stranger')$$, '42501', 'anon cannot reprocess');
 select pg_temp.expect_error($$select public.consume_stripe_event('evt_x', 'x', '{}')$$, '42501', 'anon cannot consume');
 select pg_temp.act_as('authenticated', '0badc0de-0000-4000-8000-0000000000aa', true);
-select pg_temp.expect((select count(*) >= 1 from public.stripe_events where event_id like 'evt_sqlcheck_%'), 'an admin sees events');
+select pg_temp.expect((select count(*) >= 1 from public.stripe_events where id like 'evt_sqlcheck_%'), 'an admin sees events');
 select pg_temp.act_as(null);
 
 rollback to savepoint stripe_events_part;
