@@ -15,12 +15,22 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show trac
 
 
 @app.command()
-def migrate() -> None:
-    """Apply new files of schema/ in order (once each, under an advisory lock)."""
+def migrate(
+    check: bool = typer.Option(False, "--check", help="Say what a run would create, adopt, change or refuse; change nothing."),
+) -> None:
+    """Apply new files of schema/ in order, all in one transaction (all or nothing)."""
     from aipt import migrate as migrations
 
     async def main() -> None:
         async with common.connection() as conn:
+            if check:
+                from aipt import migrate_check
+
+                report = await migrate_check.check(conn)
+                typer.echo("\n".join(report.lines()))
+                if not report.ok:
+                    raise typer.Exit(1)
+                return
             try:
                 applied = await migrations.migrate(conn)
             except migrations.MigrationError as exc:
