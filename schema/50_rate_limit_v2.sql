@@ -46,6 +46,25 @@ end
 $$;
 
 -- -----------------------------------------------------------------------------
+-- Row-level security: the policies of 26_rate_limit.sql and nothing else (the
+-- deployed shop's own, which checked the admin once per row, go).
+-- -----------------------------------------------------------------------------
+do $$
+declare
+  p record;
+begin
+  for p in
+    select tablename, policyname from pg_catalog.pg_policies
+    where schemaname = 'public' and tablename in ('rate_limit_config', 'rate_limit_buckets', 'rate_limit_log')
+      and policyname not in ('rate_limit_config_read', 'rate_limit_config_admin_write', 'rate_limit_buckets_read',
+                             'rate_limit_log_read')
+  loop
+    execute format('drop policy %I on public.%I', p.policyname, p.tablename);
+  end loop;
+end
+$$;
+
+-- -----------------------------------------------------------------------------
 -- The seed's six endpoints
 -- -----------------------------------------------------------------------------
 update public.rate_limit_config c
@@ -311,7 +330,7 @@ comment on view public.v_rate_limit_dashboard is
 -- a user by e-mail and id, an anonymous caller by its bucket (ip:<address>).
 create view public.v_rate_limit_top_users with (security_invoker = true) as
 select
-  public.admin_user_email(b.user_id) as email,
+  public.admin_user_email(b.user_id)::character varying(255) as email,  -- auth.users.email's type on Supabase
   b.endpoint_key,
   floor(b.tokens_remaining)::integer as tokens_remaining,
   least(b.request_count, 2147483647)::integer as request_count,

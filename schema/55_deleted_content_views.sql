@@ -5,7 +5,8 @@
 -- deleted a row by e-mail and how many live links it kept; the first version
 -- of this project's showed the deleter's id, the tier and from when a hard
 -- delete is possible. Both sets are here, the deployed ones first, in their
--- order and types. security_invoker: the caller's row-level security applies,
+-- order and types (e-mails as auth.users.email is on Supabase, varchar(255)).
+-- security_invoker: the caller's row-level security applies,
 -- and the is_admin() filter says so outright; e-mails come through
 -- public.admin_user_email().
 -- =============================================================================
@@ -18,7 +19,7 @@ select
   n.title,
   n.summary,
   n.deleted_at,
-  public.admin_user_email(n.deleted_by) as deleted_by_email,
+  public.admin_user_email(n.deleted_by)::character varying(255) as deleted_by_email,
   n.deletion_reason,
   (select count(*) from public.bundle_neurons bn where bn.neuron_id = n.id and bn.deleted_at is null) as active_bundle_refs,
   n.required_tier,
@@ -40,7 +41,7 @@ select
   b.title,
   b.description,
   b.deleted_at,
-  public.admin_user_email(b.deleted_by) as deleted_by_email,
+  public.admin_user_email(b.deleted_by)::character varying(255) as deleted_by_email,
   b.deletion_reason,
   (select count(*) from public.bundle_neurons bn where bn.bundle_id = b.id and bn.deleted_at is null) as active_neuron_refs,
   b.required_tier,

@@ -92,6 +92,16 @@ async def db_url(template_db):
     await drop_database(name)
 
 
+@pytest.fixture(scope="session")
+def supabase():
+    """A Supabase-shaped cluster (shared/supabase), built once per session; every database on it is shaped so."""
+    from tests.supabase import Cluster
+
+    cluster = Cluster()
+    yield cluster
+    cluster.close()
+
+
 @pytest.fixture
 async def conn(db_url):
     """A superuser connection to the test's database."""

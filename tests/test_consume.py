@@ -198,3 +198,23 @@ async def test_a_purchase_naming_a_bad_product_goes_dead_at_once(ctx, conn, meta
     assert await apply(ctx, conn, [event]) == ["dead"]
     assert error in await conn.fetchval("select error_message from public.webhook_failures")
 
+
+
+@pytest.mark.parametrize("metadata", [
+    {"userId": USER, "neuron_id": "17ea841a-9ee1-4f9e-87e6-a1f2dbc1edd3"},  # the web app's checkout route
+    {"uid": USER, "kind": "neuron", "neuron_id": "17ea841a-9ee1-4f9e-87e6-a1f2dbc1edd3"},  # the deployed 18
+])  # fmt: skip
+async def test_the_deployed_conventions_name_the_buyer(ctx, conn, metadata):
+    event = fixtures.load("checkout.session.completed")
+    session = event["data"]["object"]
+    session.pop("client_reference_id", None)
+    session["metadata"] = metadata
+    assert await apply(ctx, conn, [event]) == ["ok"]
+    assert str(await conn.fetchval("select user_id from public.user_purchases")) == USER
+
+
+async def test_metadata_kind_must_agree_with_the_product(ctx, conn):
+    event = fixtures.load("checkout.session.completed")
+    event["data"]["object"]["metadata"] = {"uid": USER, "kind": "bundle", "neuron_id": "17ea841a-9ee1-4f9e-87e6-a1f2dbc1edd3"}
+    assert await apply(ctx, conn, [event]) == ["dead"]
+    assert "metadata.kind is bundle" in await conn.fetchval("select error_message from public.webhook_failures")

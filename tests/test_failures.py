@@ -271,3 +271,16 @@ async def test_requeue_and_reprocess_are_admin_only(conn, db_url, redis, role, u
 ])
 async def test_which_errors_are_permanent(conn, code, permanent):
     assert await conn.fetchval("select public.stripe_error_is_permanent($1)", code) is permanent
+
+
+def test_a_retry_job_that_looks_twice_across_its_time_still_runs():
+    """consume_due_event saw the retry a hair before next_retry, event_state a hair after: the job is
+    that retry, on time, and must run again at once rather than be dropped (it was, once, in CI)."""
+    from worker.consume import _early_retry
+
+    ctx = {"job_id": queue.job_id("evt_x", 2)}
+    assert _early_retry(ctx, {"status": "error", "retry_in": -0.0004, "failures": 1})
+    assert _early_retry(ctx, {"status": "error", "retry_in": 0.25, "failures": 1})
+    assert not _early_retry(ctx, {"status": "error", "retry_in": None, "failures": 1})  # dead: no retry set
+    assert not _early_retry(ctx, {"status": "error", "retry_in": -0.0004, "failures": 2})  # a stale job
+    assert not _early_retry(ctx, {"status": "ok", "retry_in": None, "failures": 1})

@@ -24,8 +24,12 @@ def _rung_for(ctx: dict) -> int | None:
 
 
 def _early_retry(ctx: dict, state) -> bool:
-    """Whether the event waits for a retry that this very job was enqueued for."""
-    return (state["status"] == "error" and state["retry_in"] is not None and state["retry_in"] > 0
+    """Whether the event waits for a retry that this very job was enqueued for.
+
+    retry_in may already be <= 0: the job's first look (consume_due_event) came a hair before next_retry
+    and this second look a hair after it. That job is on time now, and must run, not be dropped.
+    """
+    return (state["status"] == "error" and state["retry_in"] is not None
             and _rung_for(ctx) == state["failures"] + 1)
 
 
@@ -68,7 +72,7 @@ async def _consume(ctx: dict, event_id: str) -> str:
             # wait for the sweeper; deferred by what Postgres says is left, it runs on time.
             log.info("retry started early; deferred to its time", event_type=state["event_type"],
                      retry_in_ms=round(state["retry_in"] * 1000, 2), duration_ms=_ms(started))
-            raise Retry(defer=state["retry_in"])
+            raise Retry(defer=max(state["retry_in"], 0))
         log.info("event not due (done, dead, or its retry is later)", event_type=state["event_type"],
                  status=state["status"], next_retry=state["next_retry"] and state["next_retry"].isoformat(),
                  duration_ms=_ms(started))
