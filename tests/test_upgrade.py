@@ -339,7 +339,8 @@ async def test_access_only_narrows_and_every_deployed_hole_is_closed(deployed):
             "focus-loop", "deep-work", "systems-map", "elite-canon"}  # published and live only
 
 
-@pytest.mark.parametrize(("who", "neuron", "allowed"), [
+# Who reads which neuron's content_full after the upgrade, from the deployed data.
+CONTENT_ACCESS = [
     (ADMIN, DRAFT_X, True),  # an admin, even a draft
     (ALICE, DEEP_WORK, True),  # architect, active: architect content
     (ALICE, FOCUS_LOOP, True),  # ... and free content
@@ -348,16 +349,18 @@ async def test_access_only_narrows_and_every_deployed_hole_is_closed(deployed):
     (ERIN, FOCUS_LOOP, False),  # past_due
     (BOB, FOCUS_LOOP, False),  # canceled
     (None, FOCUS_LOOP, False),  # anon
-])  # fmt: skip
-async def test_content_full_after_the_upgrade_goes_to_those_who_paid(upgraded, who, neuron, allowed):
+]
+
+
+async def test_content_full_after_the_upgrade_goes_to_those_who_paid(upgraded):
     _, db = upgraded
-    async with acting_as(db, "authenticated" if who else "anon", who):
-        assert await db.fetchval("select public.f_has_neuron_access($1)", neuron) is allowed
-        if allowed:
-            assert (await db.fetchval("select public.f_neuron_content($1)", neuron)).startswith("FULL:")
-        else:
-            with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await db.fetchval("select public.f_neuron_content($1)", neuron)
+    for who, neuron, allowed in CONTENT_ACCESS:
+        async with acting_as(db, "authenticated" if who else "anon", who):
+            assert await db.fetchval("select public.f_has_neuron_access($1)", neuron) is allowed, (who, neuron)
+            if allowed:
+                assert (await db.fetchval("select public.f_neuron_content($1)", neuron)).startswith("FULL:")
+            else:
+                await refused(db, "select public.f_neuron_content($1)", neuron)
 
 
 # --- it works ----------------------------------------------------------------------------------
