@@ -151,8 +151,9 @@ select r.allowed, r.tokens_remaining, greatest(1, ceil(extract(epoch from r.rese
 from public.f_check_rate_limit(p_endpoint_key => 'stripe_webhook', p_tokens_required => $1) r
 
 -- cleanup_begin --
--- Lock a cleanup job and record its run; run_id null (with the reason) when another run holds it or the slot ran.
-select run_id, refused from public.cleanup_begin(p_job => $1, p_slot => $2, p_run_by => $3)
+-- Record a cleanup run holding its job for $4 seconds (each batch extends it); run_id null (with the reason)
+-- when another run holds the job or the slot ran.
+select run_id, refused from public.cleanup_begin(p_job => $1, p_slot => $2, p_run_by => $3, p_lease_seconds => $4)
 
 -- cleanup_finish --
 -- Close a cleanup run, ok ($2 null) or with an error; returns the run with its counts.

@@ -81,7 +81,8 @@ CLEANUP_JOBS = ("stripe_events", "webhook_failures", "rate_limit", "deleted_cont
 
 
 class Cleanup(BaseModel):
-    stripe_events_days: int = Field(ge=1)
+    # The floors of 46_retention_v2.sql: Stripe redelivers for 3 days, so events stay at least 7.
+    stripe_events_days: int = Field(ge=7)
     webhook_failures_days: int = Field(ge=1)
     rate_limit_log_days: int = Field(ge=1)
     rate_limit_buckets_days: int = Field(ge=1)

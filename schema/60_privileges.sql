@@ -11,7 +11,8 @@
 -- =============================================================================
 
 -- -----------------------------------------------------------------------------
--- Functions of 15, 18 and 30 whose grants named fewer roles than they exist.
+-- Functions of 15, 18 and 23 whose grants named fewer roles than they exist
+-- (46_retention_v2.sql restates those of 30).
 -- -----------------------------------------------------------------------------
 revoke all on function public.user_access_tier(uuid) from public, anon, authenticated, service_role;
 grant execute on function public.user_access_tier(uuid) to service_role;
@@ -29,11 +30,7 @@ revoke all on function
   public.f_soft_delete_neuron(uuid, text), public.f_soft_delete_bundle(uuid, text),
   public.f_restore_neuron(uuid), public.f_restore_bundle(uuid),
   public.f_hard_delete_neuron(uuid), public.f_hard_delete_bundle(uuid),
-  public.f_cleanup_old_deleted_data(),
-  public.cleanup_begin(text, timestamptz, text), public.cleanup_finish(bigint, text),
-  public.cleanup_webhook_failures(integer, integer, boolean, bigint),
-  public.cleanup_rate_limit(integer, integer, integer, boolean, bigint),
-  public.cleanup_deleted_content(boolean, bigint)
+  public.f_cleanup_old_deleted_data()
   from public, anon, authenticated, service_role;
 -- Each checks is_admin() itself: a signed-in admin (JWT or user_roles) uses them through the API.
 grant execute on function
@@ -41,11 +38,7 @@ grant execute on function
   public.f_soft_delete_neuron(uuid, text), public.f_soft_delete_bundle(uuid, text),
   public.f_restore_neuron(uuid), public.f_restore_bundle(uuid),
   public.f_hard_delete_neuron(uuid), public.f_hard_delete_bundle(uuid),
-  public.f_cleanup_old_deleted_data(),
-  public.cleanup_begin(text, timestamptz, text), public.cleanup_finish(bigint, text),
-  public.cleanup_webhook_failures(integer, integer, boolean, bigint),
-  public.cleanup_rate_limit(integer, integer, integer, boolean, bigint),
-  public.cleanup_deleted_content(boolean, bigint)
+  public.f_cleanup_old_deleted_data()
   to authenticated, service_role;
 
 -- -----------------------------------------------------------------------------

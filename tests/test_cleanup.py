@@ -27,9 +27,11 @@ async def story(conn):
         "ok, finished 91 days ago": await event(conn, "ok", 91, 91),
         "skipped 91 days ago": await event(conn, "skipped", 91, 91),
         "ok 91 days ago after a failure": await event(conn, "ok", 95, 91, {"resolved": 91}),
-        "dead 31 days, received 100 days ago": await event(conn, "error", 100, failure={"dead": 31}),
     }
     kept = {
+        # A dead event nobody resolved never goes, however old: an unresolved payment problem stays.
+        "dead 31 days, received 100 days ago": await event(conn, "error", 100, failure={"dead": 31}),
+        "dead 400 days, received 500 days ago": await event(conn, "error", 500, failure={"dead": 400}),
         "ok 89 days ago": await event(conn, "ok", 89, 89),
         "received 120 days ago, finished 10 days ago": await event(conn, "ok", 120, 10, {"resolved": 10}),
         "pending for 200 days": await event(conn, "pending", 200),
@@ -50,17 +52,17 @@ async def test_stripe_events_go_when_finished_and_past_retention_and_never_befor
     assert await remaining(conn) == set(kept.values())
     # A failure row goes with its event and only with it.
     gone_failures = before_failures - await remaining(conn, "webhook_failures")
-    assert gone_failures == {gone["ok 91 days ago after a failure"], gone["dead 31 days, received 100 days ago"]}
-    assert outcome.counts == {"stripe_events": 4, "webhook_failures": 2}
+    assert gone_failures == {gone["ok 91 days ago after a failure"]}
+    assert outcome.counts == {"stripe_events": 3, "webhook_failures": 1}
 
 
 async def test_batches_are_small_and_the_run_is_recorded_with_its_counts(conn, db_url, story):
     s = make_settings(db_url, cleanup={"batch_size": 1, "pause_seconds": 0})
     outcome = await cleanup.run(s, "stripe_events", run_by="test")
-    assert outcome.counts == {"stripe_events": 4, "webhook_failures": 2}
-    assert outcome.batches == 5  # four of one row each, then an empty one
+    assert outcome.counts == {"stripe_events": 3, "webhook_failures": 1}
+    assert outcome.batches == 4  # three of one row each, then an empty one
     run = await conn.fetchrow("select * from public.cleanup_runs where id = $1", outcome.run_id)
-    assert (run["job"], run["status"], run["batches"], run["run_by"]) == ("stripe_events", "ok", 5, "test")
+    assert (run["job"], run["status"], run["batches"], run["run_by"]) == ("stripe_events", "ok", 4, "test")
     assert json.loads(run["counts"]) == outcome.counts and run["finished_at"] >= run["started_at"]
 
 
@@ -70,7 +72,7 @@ async def test_a_run_stops_at_its_time_limit_and_the_next_one_goes_on(conn, db_u
     assert first.status == "ok" and first.batches == 1 and "time limit" in first.note
     assert first.counts["stripe_events"] == 1
     second = await cleanup.run(s, "stripe_events")
-    assert first.counts["stripe_events"] + second.counts["stripe_events"] == 4
+    assert first.counts["stripe_events"] + second.counts["stripe_events"] == 3
 
 
 async def test_the_dry_run_counts_exactly_what_the_run_deletes_and_deletes_nothing(conn, settings, story):
@@ -153,7 +155,7 @@ async def test_two_workers_racing_for_one_cron_slot_run_it_once(conn, settings, 
     runs = await conn.fetch("select slot, status, counts from public.cleanup_runs")
     assert len(runs) == 1 and runs[0]["status"] == "ok"
     assert runs[0]["slot"] == dt.datetime.fromtimestamp(SLOT_MS / 1000, dt.UTC)
-    assert json.loads(runs[0]["counts"]) == {"stripe_events": 4, "webhook_failures": 2}
+    assert json.loads(runs[0]["counts"]) == {"stripe_events": 3, "webhook_failures": 1}
 
 
 async def test_two_burst_workers_and_a_late_enqueue_run_a_cron_slot_once(conn, settings, redis, story):
@@ -169,20 +171,62 @@ async def test_two_burst_workers_and_a_late_enqueue_run_a_cron_slot_once(conn, s
     assert [r["status"] for r in await conn.fetch("select status from public.cleanup_runs")] == ["ok"]
 
 
-async def test_a_run_in_progress_holds_the_lock_and_a_killed_one_is_closed_as_abandoned(conn, db_url, settings, story):
+async def test_a_run_in_progress_holds_its_lease_and_a_killed_one_is_closed_as_abandoned(conn, db_url, settings, story):
     holder = await asyncpg.connect(db_url)
     try:
-        run_id, refused = await holder.fetchrow(db.queries["cleanup_begin"], "stripe_events", None, "psql")
+        run_id, refused = await holder.fetchrow(db.queries["cleanup_begin"], "stripe_events", None, "psql", 60)
         assert run_id is not None and refused is None
-        outcome = await cleanup.run(settings, "stripe_events")
-        assert outcome.status == "refused" and "in progress" in outcome.note
-        assert len(await remaining(conn)) == 12
     finally:
-        await holder.close()  # killed: the lock goes with the connection, the run stays "running"
+        await holder.close()  # the call is over, and its connection: nothing is held by a session
     outcome = await cleanup.run(settings, "stripe_events")
-    assert outcome.status == "ok" and outcome.counts["stripe_events"] == 4
+    assert outcome.status == "refused" and "in progress" in outcome.note and f"run {run_id}" in outcome.note
+    assert len(await remaining(conn)) == 13
+    # The holder died without finishing: its lease runs out, and the next run takes over.
+    await conn.execute("update public.cleanup_runs set lease_until = now() - interval '1 second' where id = $1", run_id)
+    outcome = await cleanup.run(settings, "stripe_events")
+    assert outcome.status == "ok" and outcome.counts["stripe_events"] == 3
     killed = await conn.fetchrow("select status, error, finished_at from public.cleanup_runs where id = $1", run_id)
     assert killed["status"] == "abandoned" and killed["finished_at"] is not None
+    # A batch of the abandoned run changes nothing and says why.
+    with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError, match="not running any more"):
+        await conn.fetch(db.queries["cleanup_webhook_failures"], 30, 10, False, run_id)
+
+
+async def test_a_lease_taken_through_the_api_ends_with_its_call(conn, db_url, settings, story):
+    """cleanup_begin called as service_role through PostgREST (a pooled connection that lives on) no
+    longer holds anything on that connection: the worker's run after it is refused only by the lease."""
+    pooled = await asyncpg.connect(db_url)
+    try:
+        async with acting_as(pooled, "service_role"):
+            run_id, _ = await pooled.fetchrow(db.queries["cleanup_begin"], "rate_limit", None, "api", 1)
+            await pooled.fetch(db.queries["cleanup_finish"], run_id, None)
+        assert await pooled.fetchval("select count(*) from pg_locks where pid = pg_backend_pid() and locktype = 'advisory'") == 0
+        assert (await cleanup.run(settings, "rate_limit")).status == "ok"
+    finally:
+        await pooled.close()
+
+
+@pytest.mark.parametrize(("job", "arguments", "floor"), [
+    ("cleanup_stripe_events", (-1, -1, 1000), "p_event_days must be at least 7"),
+    ("cleanup_stripe_events", (6, 30, 1000), "p_event_days must be at least 7"),
+    ("cleanup_stripe_events", (90, 0, 1000), "p_failure_days must be at least 1"),
+    ("cleanup_webhook_failures", (0, 1000), "p_failure_days must be at least 1"),
+    ("cleanup_rate_limit", (7, 0, 1000), "p_bucket_days must be at least 1"),
+    ("cleanup_rate_limit", (7, 30, 0), "p_batch_size must be at least 1"),
+])  # fmt: skip
+async def test_retention_below_its_floor_is_refused_and_deletes_nothing(conn, story, job, arguments, floor):
+    before = await remaining(conn), await remaining(conn, "webhook_failures")
+    for dry_run in (True, False):
+        with pytest.raises(asyncpg.InvalidParameterValueError, match=floor):
+            await conn.fetch(db.queries[job], *arguments, dry_run, None)
+    assert (await remaining(conn), await remaining(conn, "webhook_failures")) == before
+
+
+def test_settings_refuse_a_retention_below_the_floor(db_url):
+    from aipt import settings as settings_mod
+
+    with pytest.raises(ValueError, match="stripe_events_days"):
+        settings_mod.Cleanup(**{**make_settings(db_url).cleanup.model_dump(), "stripe_events_days": 6})
 
 
 async def test_a_cancelled_run_is_closed_as_an_error_with_its_exact_counts_and_frees_the_lock(conn, db_url, story):
@@ -195,7 +239,7 @@ async def test_a_cancelled_run_is_closed_as_an_error_with_its_exact_counts_and_f
         await task
     run = await conn.fetchrow("select status, error, counts from public.cleanup_runs")
     assert run["status"] == "error" and run["error"].startswith("cancelled")
-    assert json.loads(run["counts"])["stripe_events"] == 12 - len(await remaining(conn)) == 1
+    assert json.loads(run["counts"])["stripe_events"] == 13 - len(await remaining(conn)) == 1
     assert (await cleanup.run(make_settings(db_url), "stripe_events")).status == "ok"
 
 
@@ -210,7 +254,7 @@ async def test_a_failing_batch_is_recorded_as_an_error(conn, db_url, settings, s
     assert outcome.status == "error" and "deletes refused" in outcome.note
     run = await conn.fetchrow("select status, error from public.cleanup_runs where id = $1", outcome.run_id)
     assert run["status"] == "error" and "deletes refused" in run["error"]
-    assert len(await remaining(conn)) == 12
+    assert len(await remaining(conn)) == 13
 
 
 async def test_deletions_are_counted_in_metrics_by_table(conn, settings, story):
@@ -219,7 +263,7 @@ async def test_deletions_are_counted_in_metrics_by_table(conn, settings, story):
 
     before = {t: deleted(t) for t in ("stripe_events", "webhook_failures")}
     await cleanup.run(settings, "stripe_events")
-    assert {t: deleted(t) - before[t] for t in before} == {"stripe_events": 4, "webhook_failures": 2}
+    assert {t: deleted(t) - before[t] for t in before} == {"stripe_events": 3, "webhook_failures": 1}
 
 
 # --- schedule and rights -------------------------------------------------------------------------
@@ -254,7 +298,7 @@ async def test_cleanup_functions_are_locked_down(conn):
            from pg_catalog.pg_proc p
            where p.pronamespace = 'public'::regnamespace and p.proname ~ '^_?cleanup_'"""
     )
-    assert len(rows) == 8
+    assert len(rows) == 9  # the eight of 30_retention.sql (cleanup_begin in its new signature) and _cleanup_floor
     for r in rows:
         assert r["proconfig"] == ['search_path=""'] and not r["anon_exec"], r["sig"]
         assert r["prosecdef"] == (not r["sig"].startswith("_")), r["sig"]
@@ -269,15 +313,15 @@ async def test_aipt_cleanup_dry_run_prints_what_would_go_then_the_run_deletes_it
     previews = {o["job"]: o for o in json.loads(dry.stdout)}
     assert set(previews) == {"stripe_events", "webhook_failures", "rate_limit", "deleted_content"}
     assert previews["stripe_events"]["status"] == "dry_run"
-    assert previews["stripe_events"]["counts"] == {"stripe_events": 4, "webhook_failures": 2}
-    assert len(await remaining(conn)) == 12 and await conn.fetchval("select count(*) from public.cleanup_runs") == 0
+    assert previews["stripe_events"]["counts"] == {"stripe_events": 3, "webhook_failures": 1}
+    assert len(await remaining(conn)) == 13 and await conn.fetchval("select count(*) from public.cleanup_runs") == 0
     text = await aipt("cleanup", "--dry-run", "--job", "stripe_events")
-    assert text.stdout.strip() == "stripe_events: would delete stripe_events 4, webhook_failures 2"
+    assert text.stdout.strip() == "stripe_events: would delete stripe_events 3, webhook_failures 1"
 
     done = await aipt("cleanup", "--job", "stripe_events", "--job", "rate_limit")
     assert done.exit_code == 0, done.output
     assert done.stdout.splitlines() == [
-        "stripe_events: deleted stripe_events 4, webhook_failures 2",
+        "stripe_events: deleted stripe_events 3, webhook_failures 1",
         "rate_limit: deleted rate_limit_log 0, rate_limit_buckets 0",
     ]
     assert await remaining(conn) == set(kept.values())

@@ -1,11 +1,12 @@
-"""Retention cleanups: daily arq crons that call the cleanup_* SQL functions (30_retention.sql).
+"""Retention cleanups: daily arq crons that call the cleanup_* SQL functions (46_retention_v2.sql).
 
 What goes and what never goes is decided in SQL; this module owns the schedule, the loop over batches
 (each one short transaction, with a pause between them so ingest keeps its latency), the time limit,
-logs and metrics. A run holds its job's advisory lock on a connection of its own, closed at the end:
-whatever happens to the run, the lock goes with that connection. A scheduled run is recorded once
-per slot (the arq cron id carries the time it was scheduled for), so any number of workers racing
-for the same cron run it once; `aipt cleanup` runs them by hand through the same functions.
+logs and metrics. A run holds its job through a lease in cleanup_runs that each batch extends: a run
+that dies stops extending it, and once it runs out (arq's own claim on a killed job lasts as long) the
+next run closes it as abandoned. A scheduled run is recorded once per slot (the arq cron id carries
+the time it was scheduled for), so any number of workers racing for the same cron run it once;
+`aipt cleanup` runs them by hand through the same functions.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ async def run(settings: Settings, job: str, slot: dt.datetime | None = None, run
     outcome = Outcome(job, "ok")
     conn = await db.connect(settings)
     try:
-        begin = await conn.fetchrow(db.queries["cleanup_begin"], job, slot, run_by or f"{socket.gethostname()}:{os.getpid()}")
+        begin = await conn.fetchrow(db.queries["cleanup_begin"], job, slot, run_by or f"{socket.gethostname()}:{os.getpid()}",
+                                    lease_seconds(settings))
         if begin["run_id"] is None:
             outcome.status, outcome.note = "refused", begin["refused"]
             log.info("cleanup not run: " + begin["refused"], job=job)
@@ -113,8 +115,8 @@ async def run(settings: Settings, job: str, slot: dt.datetime | None = None, run
         try:
             await _batches(conn, settings, job, run_id, outcome, max_seconds)
         except asyncio.CancelledError:
-            # The worker is stopping or the job timed out: drop the connection (and the lock with it),
-            # then close the run from another one. The counts recorded so far are exact.
+            # The worker is stopping or the job timed out: drop the connection (a batch in flight rolls
+            # back), then close the run from another one. The counts recorded so far are exact.
             conn.terminate()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_record_abort(settings, run_id, "cancelled (worker stopping or job timeout)"), 5)
@@ -137,6 +139,11 @@ async def run(settings: Settings, job: str, slot: dt.datetime | None = None, run
         metrics.CLEANUP_LAST_SUCCESS.labels(job=job).set(time.time())
         log.info("cleanup finished", **fields)
     return outcome
+
+
+def lease_seconds(settings: Settings) -> int:
+    """How long a run holds its job past its last batch: as long as arq holds a killed job's claim."""
+    return int(settings.queue.job_timeout_seconds) + 10
 
 
 def slot_of(ctx: dict) -> dt.datetime | None:
