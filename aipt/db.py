@@ -18,13 +18,17 @@ class DatabaseUnavailable(DatabaseError):
     """The database cannot be reached right now; the caller should retry later."""
 
 
+# Errors that mean the connection (or the server) is gone, not that the statement is wrong: retry later.
+# InternalClientError is what asyncpg raises when a connection drops under it mid-protocol (a server
+# restart); the SQLSTATE class 08 errors (PostgresConnectionError) say so from the server's side.
 UNAVAILABLE = (
     OSError,
     TimeoutError,
     asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.PostgresConnectionError,
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
 )

@@ -20,8 +20,14 @@ from aipt.settings import Settings
 async def sweep(ctx: dict) -> int:
     settings: Settings = ctx["settings"]
     started = time.perf_counter()
-    async with ctx["pool"].acquire() as conn:
-        rows = await conn.fetch(db.queries["due_events"], settings.sweeper.pending_after_seconds, settings.sweeper.batch_size)
+    try:
+        async with ctx["pool"].acquire() as conn:
+            rows = await conn.fetch(db.queries["due_events"], settings.sweeper.pending_after_seconds,
+                                    settings.sweeper.batch_size)
+    except db.UNAVAILABLE as exc:
+        # Postgres restarting or down: the next run (a minute away) sweeps what this one would have.
+        log.warning("sweeper skipped: database unavailable", error=str(exc) or type(exc).__name__)
+        return 0
     enqueued = 0
     for row in rows:
         enqueued += await queue.enqueue_event(ctx["redis"], row["event_id"], row["attempt"])
