@@ -7,6 +7,7 @@ receiver that stays down costs one logged error, not an event.
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit
 
 import httpx
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
@@ -31,8 +32,21 @@ async def post(settings: Settings, text: str) -> bool:
                     response.raise_for_status()
         return True
     except Exception as exc:  # noqa: BLE001 - an alert that cannot be sent must not stop the caller
-        log.error("alert not delivered", error=str(exc) or type(exc).__name__, alert=text)
+        log.error("alert not delivered", error=_without_url(exc, settings.alert_webhook_url),
+                  alert_host=urlsplit(settings.alert_webhook_url).hostname, alert=text)
         return False
+
+
+def _without_url(exc: Exception, url: str) -> str:
+    """The error, minus the alert URL: its path is the secret (a Slack webhook URL is a credential)."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code} from the alert webhook"
+    parts = urlsplit(url)
+    text = str(exc) or type(exc).__name__
+    for secret in (url, parts.path, parts.query):
+        if secret and secret != "/":
+            text = text.replace(secret, "…")
+    return text
 
 
 def send(settings: Settings, text: str) -> asyncio.Task:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import psutil
 
 from tests.conftest import wait_for
 
@@ -27,8 +28,8 @@ def dev_env(tmp_path: Path, port: int) -> dict:
 
 
 async def test_dev_on_embedded_servers_applies_a_test_checkout_and_stops_cleanly(tmp_path):
-    port = free_port()
-    env = dev_env(tmp_path, port)
+    port, metrics_port = free_port(), free_port()
+    env = {**dev_env(tmp_path, port), "AIPT_METRICS_WORKER_PORT": str(metrics_port)}
     log = open(tmp_path / "dev.log", "w")  # noqa: SIM115 - closed below
     dev = subprocess.Popen([sys.executable, "-m", "aipt", "dev"], env=env, cwd=tmp_path, stdout=log, stderr=log)
     try:
@@ -41,6 +42,13 @@ async def test_dev_on_embedded_servers_applies_a_test_checkout_and_stops_cleanly
                 return dev_file.exists() and s.connect_ex(("127.0.0.1", port)) == 0
 
         await wait_for(web_up, timeout=60, interval=0.2)
+        # Local only: the web, and the worker's metrics once it is up, listen on 127.0.0.1 and nowhere else.
+        async def listeners():
+            found = {c.laddr.port: c.laddr.ip for c in psutil.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port in (port, metrics_port)}
+            return found if len(found) == 2 else None
+
+        assert await wait_for(listeners, timeout=30) == {port: "127.0.0.1", metrics_port: "127.0.0.1"}
         urls = dict(line.split("=", 1) for line in dev_file.read_text().splitlines())
         assert urls["REDIS_URL"].startswith("unix://") and "host=" in urls["DATABASE_URL"]
 

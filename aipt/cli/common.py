@@ -31,17 +31,23 @@ class CommandError(Exception):
     """The command cannot do what was asked; the message says why."""
 
 
-def _read_dev_env() -> None:
-    """Use the URLs `aipt dev` wrote in this folder for variables the environment does not set."""
+# What operator commands take from `aipt dev`'s file: where its servers are, never its webhook secret.
+DEV_URLS = ("DATABASE_URL", "REDIS_URL")
+
+
+def _read_dev_env(keys: tuple[str, ...]) -> None:
+    """Use what `aipt dev` wrote in this folder for the named variables the environment does not set."""
     path = Path(os.environ.get("AIPT_DEV_DATA", ".aipt")) / "dev.env"
-    if path.exists():
+    if keys and path.exists():
         for line in path.read_text().splitlines():
             key, _, value = line.partition("=")
-            os.environ.setdefault(key, value)
+            if key in keys:
+                os.environ.setdefault(key, value)
 
 
-def load_settings() -> settings.Settings:
-    _read_dev_env()
+def load_settings(dev_env: tuple[str, ...] = DEV_URLS) -> settings.Settings:
+    """The settings, with the named variables taken from `aipt dev`'s file when unset (none for services)."""
+    _read_dev_env(dev_env)
     s = settings.get()
     logs.configure(s.log_format, s.log_level)
     return s

@@ -115,9 +115,13 @@ def dev(
         except (common.CommandError, migrate.MigrationError, OSError, asyncpg.PostgresError) as exc:
             common.err_console.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(1) from None
-        (data_dir / "dev.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-        child_env = {**os.environ, **env}
-        children = [subprocess.Popen([sys.executable, "-m", "aipt", role], env=child_env) for role in ("web", "worker")]
+        # A real secret given in the environment stays there; the file holds only the public one.
+        (data_dir / "dev.env").write_text(
+            "".join(f"{k}={v}\n" for k, v in env.items() if k != "STRIPE_WEBHOOK_SECRET" or v == DEV_SECRET))
+        # Local only: the web and the worker's metrics listen on 127.0.0.1.
+        child_env = {**os.environ, **env, "AIPT_WEB_HOST": "127.0.0.1", "AIPT_METRICS_WORKER_HOST": "127.0.0.1"}
+        children = [subprocess.Popen([sys.executable, "-m", "aipt", *role], env=child_env)
+                    for role in (("web", "--dev"), ("worker",))]
         common.console.print(f"web on http://127.0.0.1:{common.load_settings().port}  ·  worker running  ·  "
                              f"DATABASE_URL={env['DATABASE_URL']}  ·  Ctrl-C stops", highlight=False, soft_wrap=True)
         code = supervise(children)

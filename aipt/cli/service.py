@@ -13,18 +13,26 @@ import typer
 from aipt import fixtures
 from aipt.cli import common
 
+# Public (it is in this repository): only `aipt dev` and `aipt send-test-event` ever use it.
 DEV_SECRET = "whsec_aipt_local_development"
 
 
-def web() -> None:
+def web(
+    dev: bool = typer.Option(False, "--dev", hidden=True, help="Started by `aipt dev`: 127.0.0.1, the development secret allowed."),
+) -> None:
     """Serve the webhook endpoint (uvicorn, uvloop + httptools)."""
     import uvicorn
 
     def main() -> None:
-        s = common.load_settings()
+        # Never from `aipt dev`'s file: a web started in that folder must not pick up its public secret.
+        s = common.load_settings(dev_env=())
         s.require("database_url", "redis_url", "stripe_webhook_secret")
+        if DEV_SECRET in s.webhook_secrets and not dev:
+            raise common.CommandError(
+                "STRIPE_WEBHOOK_SECRET holds the public development secret of `aipt dev`: anyone could sign "
+                "events with it. Set the signing secret of your Stripe endpoint (whsec_..., in the dashboard).")
         uvicorn.run(
-            "ingest.app:create_app", factory=True, host=s.web.host, port=s.port,
+            "ingest.app:create_app", factory=True, host="127.0.0.1" if dev else s.web.host, port=s.port,
             loop="uvloop", http="httptools", access_log=False, log_config=None, lifespan="on",
         )
 
@@ -35,7 +43,7 @@ def worker() -> None:
     """Apply events from the queue and run the scheduled jobs (sweeper, cleanups)."""
     from worker.main import run
 
-    common.run(lambda: run(common.load_settings()))
+    common.run(lambda: run(common.load_settings(dev_env=())))
 
 
 def signed_test_event(event_type: str, api: str, secret: str) -> tuple[dict, str, str]:
@@ -55,7 +63,7 @@ def send_test_event(
     """Sign a real-shaped Stripe event with the configured secret and POST it to the endpoint."""
 
     async def main() -> None:
-        s = common.load_settings()
+        s = common.load_settings(dev_env=(*common.DEV_URLS, "STRIPE_WEBHOOK_SECRET"))
         secret = (s.webhook_secrets or [DEV_SECRET])[0]
         try:
             event, body, header = signed_test_event(event_type, api, secret)
