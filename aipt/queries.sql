@@ -1,14 +1,20 @@
 -- insert_event --
--- Store an accepted webhook; no row back means Stripe redelivered one we have.
-insert into public.stripe_events (id, type, api_version, created, livemode, payload)
-values ($1, $2, $3, $4, $5, $6::jsonb)
+-- Store an accepted webhook, pending ($7 null) or skipped with the reason $7 (a mode not accepted); no row
+-- back means Stripe redelivered one we have.
+insert into public.stripe_events (id, type, api_version, created, livemode, payload, status, error, processed_at)
+values ($1, $2, $3, $4, $5, $6::jsonb, case when $7::text is null then 'pending' else 'skipped' end, $7,
+        case when $7::text is not null then now() end)
 on conflict (id) do nothing
 returning id
 
 -- consume_due_event --
--- Apply the event if it is due (pending, or a retry whose time has come); no row when it is not.
+-- Apply the event if it is due (pending, or a retry whose time has come); no row when it is not. $2 / $3: why
+-- a live / test event is not applied (a mode the service does not accept), null when it is: then it is skipped.
 select e.type as event_type, coalesce(f.failure_count, 0) + 1 as attempt,
-       public.apply_stripe_event(p_id => e.id, p_type => e.type, p_payload => e.payload) as outcome
+       case when (case when e.livemode then $2::text else $3::text end) is null
+            then public.apply_stripe_event(p_id => e.id, p_type => e.type, p_payload => e.payload)
+            else public.skip_stripe_event(p_id => e.id, p_reason => case when e.livemode then $2::text else $3::text end)
+       end as outcome
 from public.stripe_events e
 left join public.webhook_failures f on f.event_id = e.id
 where e.id = $1
@@ -191,6 +197,12 @@ select (select count(*) from public.webhook_failures f
        (select count(*) from public.webhook_failures f where f.next_retry is not null) as retrying,
        (select extract(epoch from now() - min(e.received_at))::float8 from public.stripe_events e
          where e.status = 'pending') as oldest_pending_seconds
+
+-- events_by_mode --
+-- Events received in the last day, live and test.
+select count(*) filter (where e.livemode) as live, count(*) filter (where not e.livemode) as test
+from public.stripe_events e
+where e.received_at >= now() - interval '1 day'
 
 -- events_by_status --
 -- Events received in the last day by status, and how many of them in the last hour.

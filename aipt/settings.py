@@ -72,6 +72,18 @@ class Sweeper(BaseModel):
         return v
 
 
+class Stripe(BaseModel):
+    accepted_modes: str = Field(pattern="^(live|test|both)$")
+
+    def refuses(self, livemode: bool) -> str | None:
+        """Why an event of this mode is not applied, or None when it is accepted."""
+        mode = "live" if livemode else "test"
+        if self.accepted_modes in ("both", mode):
+            return None
+        return (f"{mode}-mode event not applied: this service accepts {self.accepted_modes}-mode events only "
+                "(settings [stripe] accepted_modes)")
+
+
 class Ratelimit(BaseModel):
     webhook_enabled: bool
     webhook_lease: int = Field(ge=1)
@@ -155,6 +167,7 @@ class Settings(BaseSettings):
     retry: Retry
     sweeper: Sweeper
     alerts: Alerts
+    stripe: Stripe
     ratelimit: Ratelimit
     cleanup: Cleanup
     status: Status

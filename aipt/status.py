@@ -57,6 +57,7 @@ async def _postgres_side(settings: Settings, report: dict) -> None:
             conn = await db.connect(settings)
             try:
                 by_status = await conn.fetch(db.queries["events_by_status"])
+                modes = await conn.fetchrow(db.queries["events_by_mode"])
                 gauges = await conn.fetchrow(db.queries["queue_gauges"])
                 runs = {r["job"]: r for r in await conn.fetch(db.queries["last_cleanup_runs"])}
             finally:
@@ -69,6 +70,7 @@ async def _postgres_side(settings: Settings, report: dict) -> None:
     events["last_hour"] = {r["status"]: r["last_hour"] for r in by_status if r["last_hour"]}
     events["last_day"] = {r["status"]: r["last_day"] for r in by_status}
     events.update(dead=gauges["dead"], retrying=gauges["retrying"], oldest_pending_seconds=gauges["oldest_pending_seconds"])
+    events["modes_last_day"] = {"live": modes["live"], "test": modes["test"]}
     for job in CLEANUP_JOBS:
         run, entry = runs.get(job), {"schedule": getattr(settings.cleanup, f"{job}_at"), "status": "never ran"}
         if run is not None:
@@ -78,6 +80,16 @@ async def _postgres_side(settings: Settings, report: dict) -> None:
                 counts=json.loads(run["counts"]), error=run["error"],
             )
         report["crons"][f"cleanup:{job}"] = entry
+
+
+def _warnings(settings: Settings, report: dict) -> list[str]:
+    """Worth a look, but nothing is failing: the report stays healthy."""
+    modes = report["events"].get("modes_last_day") or {}
+    if modes.get("live") and modes.get("test"):
+        return [f"events of both modes arrived in the last day ({modes['live']} live, {modes['test']} test): is a "
+                f"test-mode secret configured beside the live one? [stripe] accepted_modes is "
+                f"{settings.stripe.accepted_modes!r}"]
+    return []
 
 
 def _attention(settings: Settings, report: dict) -> list[str]:
@@ -112,6 +124,7 @@ async def gather(settings: Settings) -> dict[str, Any]:
         "checked_at": dt.datetime.now(dt.UTC).isoformat(),
         "healthy": False,
         "attention": [],
+        "warnings": [],
         "postgres": "unknown",
         "redis": "unknown",
         "queue": {"name": settings.queue.name, "depth": None},
@@ -121,5 +134,6 @@ async def gather(settings: Settings) -> dict[str, Any]:
     }
     await asyncio.gather(_redis_side(settings, report), _postgres_side(settings, report))
     report["attention"] = _attention(settings, report)
+    report["warnings"] = _warnings(settings, report)
     report["healthy"] = not report["attention"]
     return report

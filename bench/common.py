@@ -277,8 +277,10 @@ def make_events(kind: str, tag: str, start: int, n: int, neurons: list[str] | No
 
 
 def row_args(event: dict, body: str) -> tuple:
-    """The insert_event parameters, exactly as ingest passes them (id, type, api_version, created, livemode, body)."""
-    return (event["id"], event["type"], event.get("api_version"), event["created"], bool(event.get("livemode")), body)
+    """The insert_event parameters, exactly as ingest passes them (id, type, api_version, created, livemode, body,
+    and no reason to skip it)."""
+    return (event["id"], event["type"], event.get("api_version"), event["created"], bool(event.get("livemode")), body,
+            None)
 
 
 def sign(body: str, secret: str = SECRET, timestamp: int | None = None) -> str:

@@ -88,9 +88,10 @@ DUPLICATE = answer(200, {"received": True, "duplicate": True})
 NOT_ALLOWED = answer(405, {"error": "method not allowed: POST only"}, ((b"allow", b"POST"),))
 
 
-async def store(app: App, event: webhook.Event) -> bool:
-    """Commit the event; True when it is new, False for a redelivery. Raises Limited past the limit."""
-    args = (event.id, event.type, event.api_version, event.created, event.livemode, event.body)
+async def store(app: App, event: webhook.Event, skipped: str | None) -> bool:
+    """Commit the event (skipped, with that reason, when given); True when it is new, False for a redelivery.
+    Raises Limited past the limit."""
+    args = (event.id, event.type, event.api_version, event.created, event.livemode, event.body, skipped)
     # No timeout on acquire (asyncpg runs it as a task of its own, ~15 µs): a new connection is bounded
     # by the pool's connect timeout, a busy one by the command timeout of the query holding it.
     try:
@@ -137,7 +138,8 @@ async def handle(app: App, scope: dict, receive) -> tuple[tuple, str]:
         body = await read_body(scope, receive, s.web.body_limit_bytes)
         text = webhook.verify(body, header(scope, b"stripe-signature"), s.webhook_secrets, s.web.signature_tolerance_seconds)
         event = webhook.parse(text)
-        new = await store(app, event)
+        skipped = s.stripe.refuses(event.livemode)
+        new = await store(app, event, skipped)
     except TooLarge:
         return answer(413, {"error": f"body over {s.web.body_limit_bytes} bytes"}), "too_large"
     except webhook.Rejected as exc:
@@ -152,6 +154,9 @@ async def handle(app: App, scope: dict, receive) -> tuple[tuple, str]:
     if not new:
         log.info("webhook duplicate", event_id=event.id, event_type=event.type)
         return DUPLICATE, "duplicate"
+    if skipped:
+        log.warning("webhook stored, not applied", event_id=event.id, event_type=event.type, reason=skipped)
+        return ACCEPTED, "skipped"
     log.info("webhook accepted", event_id=event.id, event_type=event.type)
     app.state.doorbell.ring(event.id)
     return ACCEPTED, "accepted"

@@ -27,7 +27,7 @@ async def seed_catalogue(conn: asyncpg.Connection) -> None:
 async def store(conn: asyncpg.Connection, event: dict) -> None:
     await conn.execute(
         db.queries["insert_event"], event["id"], event["type"], event.get("api_version"), event["created"],
-        event.get("livemode", False), json.dumps(event),
+        event.get("livemode", False), json.dumps(event), None,
     )
 
 

@@ -50,7 +50,8 @@ async def _consume(ctx: dict, event_id: str) -> str:
     try:
         async with ctx["pool"].acquire() as conn:
             try:
-                row = await conn.fetchrow(db.queries["consume_due_event"], event_id)
+                row = await conn.fetchrow(db.queries["consume_due_event"], event_id,
+                                          settings.stripe.refuses(True), settings.stripe.refuses(False))
             except asyncpg.PostgresError as exc:
                 if isinstance(exc, db.UNAVAILABLE):
                     raise

@@ -57,6 +57,8 @@ def _print_report(report: dict) -> None:
     out.print(table)
     for line in report["attention"]:
         out.print(f"[red]needs attention:[/red] {line}", highlight=False)
+    for line in report["warnings"]:
+        out.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
 
 
 def status(as_json: bool = typer.Option(False, "--json", help="The report as one JSON object")) -> None:
