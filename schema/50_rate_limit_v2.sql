@@ -13,6 +13,13 @@
 --   * The deployed API keeps its return types and columns:
 --     f_cleanup_rate_limit_data().deleted_count is integer again, and the two
 --     admin views have the deployed columns first (then this project's).
+--   * An anonymous caller's bucket is keyed by its address, taken from a
+--     trusted place (rate_limit_settings): by default the last entry of
+--     X-Forwarded-For, the one the proxy in front of PostgREST appended and no
+--     client can write (a client can only add entries to its left). IPv6
+--     addresses are keyed by their /64, IPv4-mapped ones as the IPv4 address.
+--     Anonymous buckets of an endpoint are bounded (10,000 by default): past
+--     that, new anonymous callers share one bucket.
 -- =============================================================================
 
 -- -----------------------------------------------------------------------------
@@ -65,6 +72,85 @@ end
 $$;
 
 -- -----------------------------------------------------------------------------
+-- Where an anonymous caller's address comes from, and how many anonymous
+-- buckets an endpoint may hold. One row; admins change it.
+--   client_address_header   x-forwarded-for (default), x-real-ip or
+--                           cf-connecting-ip: the header PostgREST passes on
+--   forwarded_for_position  for x-forwarded-for, which entry counting from
+--                           the right: 1 (default) is the one the last proxy
+--                           appended; 2 when a CDN in front of that proxy
+--                           appended the client's (e.g. a custom domain
+--                           behind Cloudflare). The single-address headers
+--                           are trusted only where the proxy in front of
+--                           PostgREST sets them, replacing the client's.
+--   anonymous_buckets_max   per endpoint; past it, new anonymous callers
+--                           share the 'anon' bucket (the table stays bounded
+--                           however many addresses call)
+-- -----------------------------------------------------------------------------
+create table if not exists public.rate_limit_settings (
+  id boolean primary key default true constraint rate_limit_settings_one_row check (id),
+  client_address_header text not null default 'x-forwarded-for'
+    constraint rate_limit_settings_header check (client_address_header in ('x-forwarded-for', 'x-real-ip', 'cf-connecting-ip')),
+  forwarded_for_position integer not null default 1
+    constraint rate_limit_settings_position check (forwarded_for_position between 1 and 10),
+  anonymous_buckets_max integer not null default 10000
+    constraint rate_limit_settings_anonymous_max check (anonymous_buckets_max > 0)
+);
+
+comment on table public.rate_limit_settings is
+  'One row: where f_check_rate_limit() reads an anonymous caller''s address, and how many anonymous buckets an endpoint may hold.';
+
+insert into public.rate_limit_settings (id) values (true) on conflict (id) do nothing;
+
+alter table public.rate_limit_settings enable row level security;
+drop policy if exists rate_limit_settings_admin on public.rate_limit_settings;
+create policy rate_limit_settings_admin on public.rate_limit_settings for all
+  using ((select public.is_admin())) with check ((select public.is_admin()));
+revoke all on public.rate_limit_settings from public, anon, authenticated, service_role;
+grant select, update on public.rate_limit_settings to authenticated, service_role;
+
+-- The address an anonymous caller is limited by, from the request's headers as
+-- PostgREST passes them (null: none usable). Internal: f_check_rate_limit's.
+create or replace function public._rate_limit_client_address(p_headers jsonb, p_header text, p_position integer)
+returns inet
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v_entries text[];
+  v_text text;
+  v_addr inet;
+begin
+  if p_header = 'x-forwarded-for' then
+    v_entries := string_to_array(p_headers ->> 'x-forwarded-for', ',');
+    if cardinality(v_entries) >= p_position then
+      v_text := btrim(v_entries[cardinality(v_entries) - p_position + 1]);
+    end if;
+  else
+    v_text := btrim(p_headers ->> p_header);
+  end if;
+  if nullif(v_text, '') is null then
+    return null;
+  end if;
+  begin
+    v_addr := host(v_text::inet)::inet;
+  exception when data_exception then
+    return null;  -- garbage in a header never buys a fresh bucket
+  end;
+  -- An IPv4 address written as IPv6 (::ffff:a.b.c.d) is that IPv4 address.
+  if v_addr << '::ffff:0:0/96'::inet then
+    v_addr := '0.0.0.0'::inet + (v_addr - '::ffff:0.0.0.0'::inet);
+  end if;
+  return v_addr;
+end;
+$$;
+
+comment on function public._rate_limit_client_address(jsonb, text, integer) is
+  'Internal: the client address in the request headers at the trusted place (rate_limit_settings); IPv4-mapped as IPv4.';
+revoke all on function public._rate_limit_client_address(jsonb, text, integer) from public, anon, authenticated, service_role;
+
+-- -----------------------------------------------------------------------------
 -- The seed's six endpoints
 -- -----------------------------------------------------------------------------
 update public.rate_limit_config c
@@ -95,8 +181,9 @@ delete from public.rate_limit_config c
    and not exists (select 1 from public.rate_limit_log l where l.endpoint_key = c.endpoint_key);
 
 -- -----------------------------------------------------------------------------
--- f_check_rate_limit: as in 26_rate_limit.sql, and a rate of 0 never refills.
--- See there for who pays and why SECURITY DEFINER.
+-- f_check_rate_limit: as in 26_rate_limit.sql, with an anonymous caller's
+-- address from its trusted place, anonymous buckets bounded, and a rate of 0
+-- that never refills. See 26 for who pays and why SECURITY DEFINER.
 -- -----------------------------------------------------------------------------
 create or replace function public.f_check_rate_limit(
   p_endpoint_key text,
@@ -116,8 +203,8 @@ declare
   v_burst integer;
   v_active boolean;
   v_log_all boolean;
+  v_settings public.rate_limit_settings;
   v_headers jsonb;
-  v_addr_text text;
   v_addr inet;
   v_user uuid;
   v_key text;
@@ -150,34 +237,35 @@ begin
     return;
   end if;
 
-  -- The client address, when PostgREST passed the request's headers. An
-  -- unparsable value counts as no address (the shared 'anon' bucket), so
-  -- garbage in a header never buys a fresh bucket.
-  v_headers := nullif(current_setting('request.headers', true), '')::jsonb;
-  v_addr_text := coalesce(
-    nullif(btrim(split_part(v_headers ->> 'x-forwarded-for', ',', 1)), ''),
-    nullif(btrim(v_headers ->> 'x-real-ip'), '')
-  );
-  if v_addr_text is not null then
-    begin
-      v_addr := host(v_addr_text::inet)::inet;
-    exception when data_exception then
-      v_addr := null;
-    end;
-  end if;
-
   -- Who pays.
   if pg_has_role(v_role, 'service_role', 'member') then
     v_user := p_user_id;
     v_key := coalesce('user:' || p_user_id::text, 'service');
   else
     v_user := auth.uid();
-    v_key := case
-      when v_user is not null then 'user:' || v_user::text
-      when family(v_addr) = 4 then 'ip:' || host(v_addr)
-      when family(v_addr) = 6 then 'ip:' || network(set_masklen(v_addr, 64))::text
-      else 'anon'
-    end;
+    if v_user is not null then
+      v_key := 'user:' || v_user::text;
+    else
+      -- Anonymous: by the address at the trusted place of the request's headers.
+      select * into v_settings from public.rate_limit_settings;
+      v_headers := nullif(current_setting('request.headers', true), '')::jsonb;
+      v_addr := public._rate_limit_client_address(
+        v_headers, coalesce(v_settings.client_address_header, 'x-forwarded-for'),
+        coalesce(v_settings.forwarded_for_position, 1));
+      v_key := case
+        when family(v_addr) = 4 then 'ip:' || host(v_addr)
+        when family(v_addr) = 6 then 'ip:' || network(set_masklen(v_addr, 64))::text
+        else 'anon'
+      end;
+      -- A new address, past the endpoint's bound on anonymous buckets: the shared one.
+      if v_key <> 'anon'
+         and not exists (select 1 from public.rate_limit_buckets b where b.endpoint_key = p_endpoint_key and b.bucket_key = v_key)
+         and (select count(*) from public.rate_limit_buckets b
+               where b.endpoint_key = p_endpoint_key and b.bucket_key >= 'ip:' and b.bucket_key < 'ip;')
+             >= coalesce(v_settings.anonymous_buckets_max, 10000) then
+        v_key := 'anon';
+      end if;
+    end if;
   end if;
 
   -- The decision, in one statement: refill by the time elapsed since

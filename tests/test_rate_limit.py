@@ -7,6 +7,7 @@ refill is then exact, not "about right".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import uuid
 
@@ -390,10 +391,13 @@ async def test_a_jwt_without_a_user_is_anonymous(tx):
 @pytest.mark.parametrize(
     ("headers", "bucket", "logged_ip"),
     [
-        ({"x-forwarded-for": "203.0.113.7, 10.0.0.1, 10.0.0.2"}, "ip:203.0.113.7", "203.0.113.7"),
+        # The default: the last entry, the one the proxy in front of PostgREST appended. Whatever a client
+        # writes lands to its left.
+        ({"x-forwarded-for": "203.0.113.7, 10.0.0.1, 198.51.100.2"}, "ip:198.51.100.2", "198.51.100.2"),
         ({"x-forwarded-for": " 198.51.100.4 ", "x-real-ip": "10.9.9.9"}, "ip:198.51.100.4", "198.51.100.4"),
-        ({"x-real-ip": "198.51.100.5"}, "ip:198.51.100.5", "198.51.100.5"),
+        ({"x-real-ip": "198.51.100.5"}, "anon", None),  # not the configured header
         ({"x-forwarded-for": "2001:db8:1:2:aaaa::1"}, "ip:2001:db8:1:2::/64", "2001:db8:1:2:aaaa::1"),
+        ({"x-forwarded-for": "::ffff:192.0.2.77"}, "ip:192.0.2.77", "192.0.2.77"),  # IPv4-mapped: the IPv4 address
         ({"x-forwarded-for": "not-an-address"}, "anon", None),
         ({"x-forwarded-for": "", "user-agent": "x"}, "anon", None),
         ({}, "anon", None),
@@ -407,6 +411,61 @@ async def test_anonymous_callers_are_limited_by_client_address(tx, headers, buck
         assert set(await buckets(tx, key)) == {bucket}
         ips = await tx.fetch("select ip_address from public.rate_limit_log where endpoint_key = $1", key)
         assert {None if r["ip_address"] is None else str(r["ip_address"]) for r in ips} == {logged_ip}
+
+
+async def test_a_client_cannot_choose_its_bucket_by_sending_its_own_header(tx):
+    """The attack of the review: rotate X-Forwarded-For to get a fresh bucket each call (50 of 50 on a burst
+    of 5), or name a victim's address to drain theirs. The proxy appends the real address last."""
+    key = await endpoint(tx, rpm=1, burst=5)
+    allowed = 0
+    async with acting_as(tx, "anon"):
+        for i in range(50):
+            forged = f"10.{i // 256}.{i % 256}.1, 192.0.2.99"  # the victim's address, then the proxy's entry
+            await tx.execute("select set_config('request.headers', $1, true)", f'{{"x-forwarded-for": "{forged}, 203.0.113.5"}}')
+            allowed += (await check(tx, key))["allowed"]
+        await as_superuser(tx)
+        assert allowed == 5
+        assert set(await buckets(tx, key)) == {"ip:203.0.113.5"}  # 192.0.2.99's bucket was never touched
+
+
+@pytest.mark.parametrize(("settings", "headers", "bucket"), [
+    ({"forwarded_for_position": 2}, {"x-forwarded-for": "6.6.6.6, 198.51.100.8, 104.16.0.1"}, "ip:198.51.100.8"),
+    ({"forwarded_for_position": 3}, {"x-forwarded-for": "104.16.0.1"}, "anon"),  # not that many hops: shared
+    ({"client_address_header": "cf-connecting-ip"}, {"cf-connecting-ip": "198.51.100.9", "x-forwarded-for": "1.1.1.1"},
+     "ip:198.51.100.9"),
+])  # fmt: skip
+async def test_the_trusted_place_is_a_setting(tx, settings, headers, bucket):
+    key = await endpoint(tx, rpm=1, burst=1)
+    for column, value in settings.items():
+        await tx.execute(f"update public.rate_limit_settings set {column} = $1", value)
+    async with acting_as(tx, "anon", headers=headers):
+        await check(tx, key)
+        await as_superuser(tx)
+        assert set(await buckets(tx, key)) == {bucket}
+
+
+async def test_anonymous_buckets_are_bounded(tx):
+    key = await endpoint(tx, rpm=1, burst=1)
+    await tx.execute("update public.rate_limit_settings set anonymous_buckets_max = 3")
+    async with acting_as(tx, "anon"):
+        for i in range(10):
+            await tx.execute("select set_config('request.headers', $1, true)", f'{{"x-forwarded-for": "192.0.2.{i}"}}')
+            await check(tx, key)
+        # A caller that has a bucket keeps it.
+        await tx.execute("select set_config('request.headers', $1, true)", '{"x-forwarded-for": "192.0.2.0"}')
+        await check(tx, key)
+        await as_superuser(tx)
+        assert set(await buckets(tx, key)) == {"ip:192.0.2.0", "ip:192.0.2.1", "ip:192.0.2.2", "anon"}
+
+
+async def test_only_admins_see_and_change_where_addresses_come_from(tx):
+    for role, user, admin in (("anon", None, False), ("authenticated", uuid.uuid4(), False)):
+        async with acting_as(tx, role, user, admin=admin):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError) if role == "anon" else contextlib.nullcontext():
+                async with tx.transaction():
+                    assert await tx.fetch("select * from public.rate_limit_settings") == []
+    async with acting_as(tx, "authenticated", uuid.uuid4(), admin=True):
+        assert await tx.fetchval("update public.rate_limit_settings set forwarded_for_position = 2 returning 1") == 1
 
 
 async def test_different_addresses_have_different_buckets_and_ipv6_is_grouped_by_64(tx):
@@ -433,7 +492,7 @@ async def test_an_authenticated_user_is_limited_by_id_not_address(tx):
         await as_superuser(tx)
         assert set(await buckets(tx, key)) == {f"user:{me}"}
         logged = await tx.fetchrow("select user_id, ip_address from public.rate_limit_log where endpoint_key = $1", key)
-        assert logged["user_id"] == me and str(logged["ip_address"]) == "192.0.2.50"
+        assert logged["user_id"] == me and logged["ip_address"] is None  # a user is known by id alone
 
 
 # -----------------------------------------------------------------------------

@@ -38,7 +38,8 @@ begin
   select string_agg(p.oid::regprocedure::text, ', ') into v_missing
   from pg_catalog.pg_proc p
   where p.pronamespace = 'public'::regnamespace and p.proname ~ 'rate_limit'
-    and (p.provolatile <> 'v' or p.proconfig is distinct from array['search_path=""']
+    and ((p.provolatile <> 'v' and p.proname !~ '^_')  -- the API writes; internal helpers may be pure
+         or p.proconfig is distinct from array['search_path=""']
          or pg_catalog.has_function_privilege('public', p.oid, 'execute'));
   if v_missing is not null then
     raise exception 'rate_limit: functions not volatile, not search_path = '''', or executable by public: %', v_missing;
@@ -152,10 +153,11 @@ end
 $$;
 reset role;
 
--- Anonymous callers are counted by client address (x-forwarded-for first hop).
+-- Anonymous callers are counted by client address: the entry of x-forwarded-for the proxy appended (the
+-- last, by default), not one the client wrote.
 set local role anon;
 select set_config('request.jwt.claims', '{"role": "anon"}', true);
-select set_config('request.headers', '{"x-forwarded-for": "203.0.113.77, 10.0.0.1"}', true);
+select set_config('request.headers', '{"x-forwarded-for": "10.0.0.1, 203.0.113.77"}', true);
 do $$
 declare
   r record;
