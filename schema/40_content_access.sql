@@ -2,7 +2,8 @@
 -- Content access: what the shop sells is read only by those who paid
 --
 -- content_full is the product. Through the tables nobody but an admin reads
--- it, or reads a neuron that is not published. Everyone else gets it from
+-- a neuron at all: neither its body nor, if it is a draft, that it exists.
+-- Everyone else gets the body from
 --   public.f_neuron_content(p_neuron_id)      the body, or SQLSTATE 42501 with a reason
 --   public.f_has_neuron_access(p_neuron_id)   the same decision, as a boolean
 -- which let through
@@ -15,8 +16,9 @@
 -- The catalogue (no content_full) is public through two views, as the
 -- deployed shop had it: v_neuron_public (published, live neurons) and
 -- v_bundle_public (live bundles and how many live neurons they hold). Signed-in
--- users may also read the tables' other columns, under row-level security.
--- Anonymous callers read the views only.
+-- users also read live bundles and their links to listed neurons through the
+-- tables. (A column grant cannot keep the body from non-admins and give it to
+-- admins: both are the authenticated role. Row-level security can, by rows.)
 --
 -- The body column is content_full, the deployed shop's name: the first
 -- version of 10_content.sql called it body.
@@ -35,6 +37,23 @@ $$;
 
 comment on column public.neurons.content_full is
   'The product: read by admins through the table, by everyone else through public.f_neuron_content().';
+
+-- Whether a neuron is in the public catalogue (published and live): what the
+-- links' policy asks. Definer: the caller may not read neurons.
+create or replace function public.neuron_is_listed(p_neuron_id uuid)
+returns boolean
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select exists (select 1 from public.neurons n where n.id = p_neuron_id and n.published and n.deleted_at is null)
+$$;
+
+comment on function public.neuron_is_listed(uuid) is
+  'True when the neuron is published and not deleted: in the public catalogue (v_neuron_public).';
+revoke all on function public.neuron_is_listed(uuid) from public, anon, authenticated, service_role;
+grant execute on function public.neuron_is_listed(uuid) to anon, authenticated, service_role;
 
 -- -----------------------------------------------------------------------------
 -- Row-level security. Whatever policies these tables had (the deployed 17 and
@@ -58,10 +77,8 @@ alter table public.neurons enable row level security;
 alter table public.bundles enable row level security;
 alter table public.bundle_neurons enable row level security;
 
--- Published, live neurons; admins read every row.
-create policy neurons_read on public.neurons for select
-  using ((published and deleted_at is null) or (select public.is_admin()));
-create policy neurons_admin_write on public.neurons for all
+-- Admins only: the rows carry the body.
+create policy neurons_admin on public.neurons for all
   using ((select public.is_admin())) with check ((select public.is_admin()));
 
 -- Live bundles; admins read every row.
@@ -70,33 +87,20 @@ create policy bundles_read on public.bundles for select
 create policy bundles_admin_write on public.bundles for all
   using ((select public.is_admin())) with check ((select public.is_admin()));
 
--- Live links to neurons the reader may see (a draft in a bundle stays hidden).
+-- Live links to listed neurons (a draft in a bundle stays hidden).
 create policy bundle_neurons_read on public.bundle_neurons for select
-  using ((deleted_at is null and exists (select 1 from public.neurons n where n.id = neuron_id))
-         or (select public.is_admin()));
+  using ((deleted_at is null and public.neuron_is_listed(neuron_id)) or (select public.is_admin()));
 create policy bundle_neurons_admin_write on public.bundle_neurons for all
   using ((select public.is_admin())) with check ((select public.is_admin()));
 
 -- -----------------------------------------------------------------------------
--- Grants. Signed-in users read every column of neurons but content_full
--- (the deployed shop's extra columns included); admins write through the
--- tables (row-level security keeps the others out). Rows leave only through
--- f_hard_delete_*() (23_neuron_delete_guard.sql), so nobody is granted DELETE
--- on neurons or bundles. Anonymous callers have the views.
+-- Grants. Signed-in users hold the table privileges admins need (row-level
+-- security keeps the others out). Rows leave only through f_hard_delete_*()
+-- (23_neuron_delete_guard.sql), so nobody is granted DELETE on neurons or
+-- bundles. Anonymous callers have the views.
 -- -----------------------------------------------------------------------------
 revoke all on public.neurons, public.bundles, public.bundle_neurons from public, anon, authenticated, service_role;
-
-do $$
-begin
-  execute (
-    select format('grant select (%s) on public.neurons to authenticated',
-                  string_agg(quote_ident(a.attname), ', ' order by a.attnum))
-    from pg_catalog.pg_attribute a
-    where a.attrelid = 'public.neurons'::regclass and a.attnum > 0 and not a.attisdropped
-      and a.attname <> 'content_full');
-end
-$$;
-grant insert, update on public.neurons to authenticated;
+grant select, insert, update on public.neurons to authenticated;
 grant select, insert, update on public.bundles to authenticated;
 grant select, insert, update, delete on public.bundle_neurons to authenticated;
 grant select, insert, update, delete on public.neurons, public.bundles, public.bundle_neurons to service_role;
@@ -230,3 +234,22 @@ comment on function public.f_has_neuron_access(uuid) is
   'True when public.f_neuron_content() would give the caller this neuron''s body.';
 revoke all on function public.f_has_neuron_access(uuid) from public, anon, authenticated, service_role;
 grant execute on function public.f_has_neuron_access(uuid) to anon, authenticated, service_role;
+
+-- -----------------------------------------------------------------------------
+-- The deployed shop's f_can_access_neuron(uuid, plan_tier), where it exists,
+-- keeps answering for signed-in users, who no longer read neurons: it runs as
+-- the owner now. It says whether a plan tier reaches a listed neuron, nothing
+-- more.
+-- -----------------------------------------------------------------------------
+do $$
+begin
+  if to_regtype('public.plan_tier') is null then
+    return;  -- nothing deployed here
+  end if;
+  if to_regprocedure('public.f_can_access_neuron(uuid, public.plan_tier)') is not null then
+    alter function public.f_can_access_neuron(uuid, public.plan_tier) security definer set search_path = public, pg_temp;
+    revoke all on function public.f_can_access_neuron(uuid, public.plan_tier) from public, anon, authenticated, service_role;
+    grant execute on function public.f_can_access_neuron(uuid, public.plan_tier) to anon, authenticated, service_role;
+  end if;
+end
+$$;

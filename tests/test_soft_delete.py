@@ -293,7 +293,7 @@ async def visible(conn) -> dict[str, list[str] | str]:
 
 async def test_anonymous_and_users_see_live_rows_only(conn, member, some_deleted):
     live = {
-        "neurons": ["live-n"],
+        "neurons": [],  # the rows carry content_full: users see neurons in v_neuron_public
         "bundles": ["live-b"],
         "bundle_neurons": ["1"],
         "v_neurons_deleted": [],
@@ -302,6 +302,7 @@ async def test_anonymous_and_users_see_live_rows_only(conn, member, some_deleted
     }
     async with acting_as(conn, "authenticated", member):
         assert await visible(conn) == live
+        assert [r["slug"] for r in await conn.fetch("select slug from public.v_neuron_public")] == ["live-n"]
     # Anonymous callers read the public catalogue views, never the tables.
     async with acting_as(conn, "anon"):
         assert await visible(conn) == dict.fromkeys(VISIBLE, "denied")

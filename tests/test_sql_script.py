@@ -46,6 +46,6 @@ async def test_the_script_stops_at_the_first_wrong_result(conn, db_url):
     code, out, err = await psql(db_url)
 
     assert code == 3  # psql's "script stopped by ON_ERROR_STOP"
-    assert "check failed: a user does not see a deleted neuron" in err
+    assert "check failed: a user reads no neuron row (they carry the body)" in err
     assert "all checks passed" not in out
     assert await conn.fetchval("select count(*) from public.neurons") == 0

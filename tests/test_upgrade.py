@@ -332,11 +332,12 @@ async def test_access_only_narrows_and_every_deployed_hole_is_closed(deployed):
     async with acting_as(db, "authenticated", BOB):
         await refused(db, "insert into public.user_roles (user_id, role) values ($1, 'admin')", BOB)
     async with acting_as(db, "authenticated", ALICE):
-        await refused(db, "select content_full from public.neurons")
+        assert await db.fetch("select content_full from public.neurons") == []  # rows for admins only
         # No more writing oneself a subscription.
         await refused(db, "update public.user_subscriptions set tier = 'elite' where user_id = $1", ALICE)
-        assert {r["slug"] for r in await db.fetch("select slug from public.neurons")} == {
+        assert {r["slug"] for r in await db.fetch("select slug from public.v_neuron_public")} == {
             "focus-loop", "deep-work", "systems-map", "elite-canon"}  # published and live only
+        assert await db.fetchval("select public.f_can_access_neuron($1, 'architect')", DEEP_WORK)
 
 
 # Who reads which neuron's content_full after the upgrade, from the deployed data.

@@ -200,8 +200,9 @@ select pg_temp.act_as('authenticated', pg_temp.sd('member'));
 
 do $$
 begin
-  perform pg_temp.expect(exists (select 1 from public.neurons where id = pg_temp.sd('kept')), 'a user sees live neurons');
-  perform pg_temp.expect(not exists (select 1 from public.neurons where id = pg_temp.sd('dropped')),
+  perform pg_temp.expect(not exists (select 1 from public.neurons), 'a user reads no neuron row (they carry the body)');
+  perform pg_temp.expect(exists (select 1 from public.v_neuron_public where id = pg_temp.sd('kept')), 'a user sees live neurons');
+  perform pg_temp.expect(not exists (select 1 from public.v_neuron_public where id = pg_temp.sd('dropped')),
     'a user does not see a deleted neuron');
   perform pg_temp.expect(not exists (select 1 from public.bundle_neurons where neuron_id = pg_temp.sd('dropped')),
     'a user does not see the links of a deleted neuron');
