@@ -34,6 +34,11 @@ class Web(BaseModel):
     host: str
     body_limit_bytes: int = Field(gt=0)
     signature_tolerance_seconds: int = Field(gt=0)
+    max_header_bytes: int = Field(ge=1024)
+    header_timeout_seconds: float = Field(gt=0)
+    body_timeout_seconds: float = Field(gt=0)
+    keepalive_timeout_seconds: float = Field(gt=0)
+    max_connections: int = Field(gt=0)
 
 
 class Db(BaseModel):

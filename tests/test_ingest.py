@@ -65,6 +65,24 @@ async def test_unknown_event_types_are_stored_and_acknowledged(client, conn):
 BODY = json.dumps(fixtures.load("checkout.session.completed"))
 
 
+def _with(**fields) -> str:
+    event = fixtures.load("checkout.session.completed")
+    event.update(fields)
+    return json.dumps(event)
+
+
+LONG_ID = _with(id="evt_" + "x" * 12_000)
+def _nested(levels: int):
+    value = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+DEEP = _with(data={"object": {"id": "cs_1", "metadata": {}, "deep": _nested(70)}})
+VERY_DEEP = '{"id": "evt_1", "object": "event", "type": "x", "created": 1, "data": {"object": ' + "[" * 100_000 + "]" * 100_000 + "}}"
+
+
 @pytest.mark.parametrize(
     ("body", "headers", "message"),
     [
@@ -72,6 +90,10 @@ BODY = json.dumps(fixtures.load("checkout.session.completed"))
         (BODY, {"Stripe-Signature": "t=1,v1=deadbeef"}, "no valid signature"),
         (BODY, {"Stripe-Signature": sign(BODY, "whsec_unknown")}, "no valid signature"),
         (BODY, {"Stripe-Signature": sign(BODY, timestamp=int(time.time()) - 600)}, "tolerance"),
+        (BODY, {"Stripe-Signature": sign(BODY, timestamp=int(time.time()) + 3600)}, "in the future"),
+        (LONG_ID, {"Stripe-Signature": sign(LONG_ID)}, "longer than 255 characters"),
+        (DEEP, {"Stripe-Signature": sign(DEEP)}, "nests deeper than 64 levels"),
+        (VERY_DEEP, {"Stripe-Signature": sign(VERY_DEEP)}, "nests deeper than 64 levels"),
         ("not json", {"Stripe-Signature": sign("not json")}, "not JSON"),
         ('{"a": 1}', {"Stripe-Signature": sign('{"a": 1}')}, "not a Stripe event"),
         (

@@ -31,9 +31,12 @@ def web(
             raise common.CommandError(
                 "STRIPE_WEBHOOK_SECRET holds the public development secret of `aipt dev`: anyone could sign "
                 "events with it. Set the signing secret of your Stripe endpoint (whsec_..., in the dashboard).")
+        from ingest.http import protocol_for
+
         uvicorn.run(
             "ingest.app:create_app", factory=True, host="127.0.0.1" if dev else s.web.host, port=s.port,
-            loop="uvloop", http="httptools", access_log=False, log_config=None, lifespan="on",
+            loop="uvloop", http=protocol_for(s.web), access_log=False, log_config=None, lifespan="on",
+            timeout_keep_alive=s.web.keepalive_timeout_seconds, limit_concurrency=s.web.max_connections,
         )
 
     common.run(main)
