@@ -57,40 +57,143 @@ select 1
 select event_type, attempts, error_message, dead_count from public.claim_dead_alert(p_event_id => $1)
 
 -- list_events --
--- Events for operators, newest first; each filter is optional (null).
-select e.id as event_id, e.type as event_type, e.status, coalesce(f.failure_count, 0) as attempts,
-       e.received_at, now() - e.received_at as age, f.next_retry, f.error_message as last_error
+-- Events for operators, newest first, each with what it is now (stripe_event_state). Every filter is
+-- optional (null): $1 state, $2 type, $3 / $4 received at or after / before, $5 customer, $6 user (the
+-- customer mapped to them, or the object naming them), $7 a Stripe object id the event's object is or
+-- names; $8 / $9 the cursor (the last row seen: its received_at and id); $10 how many.
+select e.id as event_id, e.type as event_type, s.state as status, coalesce(f.failure_count, 0) as attempts,
+       e.received_at, now() - e.received_at as age, f.next_retry,
+       case when s.state in ('retrying', 'dead', 'discarded') then coalesce(e.error, f.error_message) end as last_error,
+       o.object ->> 'customer' as customer, o.object ->> 'id' as object_id
 from public.stripe_events e
 left join public.webhook_failures f on f.event_id = e.id
-where ($1::text is null or e.status = $1)
+cross join lateral (select e.payload -> 'data' -> 'object' as object) o
+cross join lateral (select public.stripe_event_state(e.status, f.next_retry, e.discarded_at) as state) s
+where ($1::text is null or s.state = $1)
   and ($2::text is null or e.type = $2)
-  and ($3::float8 is null or e.received_at >= now() - make_interval(secs => $3))
-order by e.received_at desc
-limit $4
+  and ($3::timestamptz is null or e.received_at >= $3)
+  and ($4::timestamptz is null or e.received_at < $4)
+  and ($5::text is null or o.object ->> 'customer' = $5)
+  and ($6::uuid is null
+       or o.object ->> 'customer' in (select c.customer_id from public.stripe_customers c where c.user_id = $6::uuid)
+       or $6::text in (o.object ->> 'client_reference_id', o.object -> 'metadata' ->> 'user_id',
+                       o.object -> 'metadata' ->> 'userId', o.object -> 'metadata' ->> 'uid'))
+  and ($7::text is null
+       or $7::text in (o.object ->> 'id', o.object ->> 'payment_intent', o.object ->> 'subscription',
+                       o.object ->> 'invoice', o.object ->> 'charge', o.object ->> 'latest_invoice'))
+  and ($8::timestamptz is null or (e.received_at, e.id) < ($8::timestamptz, $9::text))
+order by e.received_at desc, e.id desc
+limit $10
 
 -- show_event --
--- One event with its payload and failure history.
-select e.id as event_id, e.type as event_type, e.status, e.api_version, e.created, e.livemode, e.received_at,
-       e.processed_at, e.error, e.payload, f.failure_count, f.max_retries, f.next_retry, f.dead_at, f.alerted_at,
-       f.permanent, f.error_message, f.history
-from public.stripe_events e
-left join public.webhook_failures f on f.event_id = e.id
-where e.id = $1
+-- One event (or a failure whose event row is gone) with its state, payload, failed attempts and what
+-- operators did to it.
+select k.id as event_id, coalesce(e.type, f.event_type) as event_type,
+       case when e.id is null then 'dead (event row gone)'
+            else public.stripe_event_state(e.status, f.next_retry, e.discarded_at) end as status,
+       e.api_version, e.created, e.livemode, e.received_at, e.processed_at, e.discarded_at, e.error,
+       f.failure_count, f.max_retries, f.next_retry, f.dead_at, f.alerted_at, f.resolved_at, f.permanent,
+       f.error_message, e.payload, f.history,
+       (select coalesce(jsonb_agg(jsonb_build_object('at', a.occurred_at, 'action', a.action, 'by', a.actor,
+                                                     'reason', a.reason, 'detail', a.detail) order by a.id), '[]')
+          from public.stripe_event_actions a where a.event_id = k.id) as actions
+from (select $1::text as id) k
+left join public.stripe_events e on e.id = k.id
+left join public.webhook_failures f on f.event_id = k.id
+where e.id is not null or f.id is not null
 
 -- list_dead --
--- The dead-letter queue: failed events with no automatic attempt left, oldest death first.
+-- The dead-letter queue: failed events with no automatic attempt left, oldest death first; dead_for counts
+-- from the death. $1 type, $2 died at or after, $3 how many.
 select f.event_id, f.event_type, f.failure_count as attempts, f.error_message as last_error,
-       f.permanent, f.dead_at, now() - f.first_failure as age
+       f.permanent, f.dead_at, now() - f.dead_at as dead_for
 from public.webhook_failures f
 where f.dead_at is not null and f.resolved_at is null and f.next_retry is null
   and ($1::text is null or f.event_type = $1)
-  and ($2::float8 is null or f.dead_at >= now() - make_interval(secs => $2))
+  and ($2::timestamptz is null or f.dead_at >= $2)
 order by f.dead_at
 limit $3
 
+-- list_retrying --
+-- Events waiting in backoff for their next attempt, soonest first. $1 type, $2 failed first at or after,
+-- $3 how many.
+select f.event_id, f.event_type, f.failure_count as attempts, f.error_message as last_error, f.next_retry
+from public.webhook_failures f
+where f.next_retry is not null
+  and ($1::text is null or f.event_type = $1)
+  and ($2::timestamptz is null or f.first_failure >= $2)
+order by f.next_retry
+limit $3
+
 -- requeue_event --
--- Give a dead event one more attempt now; returns that attempt's number.
-select public.requeue_stripe_event(p_event_id => $1)
+-- Give a dead event one more attempt now, recorded as done by $2; returns that attempt's number.
+select public.requeue_stripe_event(p_event_id => $1, p_by => $2)
+
+-- retry_event --
+-- Run a retrying event's next attempt now instead of later, recorded as done by $2; returns its number.
+select public.retry_stripe_event(p_event_id => $1, p_by => $2)
+
+-- replay_event --
+-- Make an applied or skipped event pending again (recorded as done by $2); the worker applies it once more.
+select public.replay_stripe_event(p_event_id => $1, p_by => $2)
+
+-- discard_event --
+-- Resolve an event without applying it, for the reason $2, recorded as done by $3.
+select public.discard_stripe_event(p_event_id => $1, p_reason => $2, p_by => $3)
+
+-- event_progress --
+-- Where events stand, for an operator waiting on them: state, failed attempts so far, the last error.
+select e.id as event_id, public.stripe_event_state(e.status, f.next_retry, e.discarded_at) as status,
+       coalesce(f.failure_count, 0) as attempts, f.next_retry,
+       case when e.status = 'error' then coalesce(e.error, f.error_message) end as last_error
+from public.stripe_events e
+left join public.webhook_failures f on f.event_id = e.id
+where e.id = any($1::text[])
+
+-- map_customer --
+-- Map Stripe customer $1 to user $2 ($3: replace another user's mapping), recorded as done by $4.
+select public.map_stripe_customer(p_customer_id => $1, p_user_id => $2, p_replace => $3, p_by => $4)
+
+-- user_by_email --
+-- A user's id from their e-mail address (case-insensitive); no row when there is none.
+select u.id from auth.users u where lower(u.email) = lower($1) order by u.created_at limit 2
+
+-- list_customers --
+-- The customer → user mappings, newest first; $1 a customer, $2 a user (both optional), $3 how many.
+select c.customer_id, c.user_id, u.email, c.created_at
+from public.stripe_customers c
+left join auth.users u on u.id = c.user_id
+where ($1::text is null or c.customer_id = $1) and ($2::uuid is null or c.user_id = $2)
+order by c.created_at desc
+limit $3
+
+-- add_plan_price --
+-- Map Stripe price $1 to a plan of tier $2 (named $3 when a row is made), recorded as done by $4.
+select public.add_plan_price(p_price_id => $1, p_tier => $2, p_name => $3, p_by => $4)
+
+-- list_plans --
+-- Plans, by tier, with every Stripe price that buys them (this project's column and the deployed shop's
+-- monthly and yearly ones, read through to_jsonb so one query serves both shapes).
+select p.id, p.name, p.tier,
+       array_remove(array[p.stripe_price_id, to_jsonb(p) ->> 'stripe_price_id_month',
+                          to_jsonb(p) ->> 'stripe_price_id_year'], null) as prices
+from public.plans p
+where to_jsonb(p) ->> 'deleted_at' is null
+order by p.tier, p.name
+
+-- list_content --
+-- Neurons and bundles, live ($1 false) or soft-deleted ($1 true: when each may be hard-deleted); $2 how many.
+(select 'neuron' as kind, n.id, n.slug, n.title, n.published, n.required_tier::text as required_tier,
+        n.deleted_at, n.deletion_reason, n.deleted_at + interval '90 days' as hard_delete_from
+   from public.neurons n
+  where (n.deleted_at is not null) = $1)
+union all
+(select 'bundle', b.id, b.slug, b.title, null, b.required_tier::text, b.deleted_at, b.deletion_reason,
+        b.deleted_at + interval '90 days'
+   from public.bundles b
+  where (b.deleted_at is not null) = $1)
+order by kind desc, slug, id
+limit $2
 
 -- content_kind --
 -- Whether an id names a neuron or a bundle: live or soft-deleted rows first, then the audit trail (hard-deleted).

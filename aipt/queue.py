@@ -56,6 +56,14 @@ async def enqueue_event(redis: ArqRedis, event_id: str, attempt: int = 1, at: dt
     return await redis.enqueue_job(CONSUME, event_id, _job_id=jid, _defer_until=at) is not None
 
 
+async def ring_now(redis: ArqRedis, event_id: str, attempt: int) -> bool:
+    """Ring for an attempt to run now: a job queued for later (a retry in backoff) is moved to now."""
+    jid = job_id(event_id, attempt)
+    if await redis.zadd(redis.default_queue_name, {jid: int(time.time() * 1000)}, xx=True, ch=True):
+        return True
+    return await enqueue_event(redis, event_id, attempt)
+
+
 async def queue_depth(redis: ArqRedis) -> int:
     return await redis.zcard(redis.default_queue_name)
 
@@ -88,6 +96,37 @@ async def note_cron_run(redis: ArqRedis, name: str, keep_seconds: int = 7 * 8640
 async def last_cron_run(redis: ArqRedis, name: str) -> dict | None:
     raw = await redis.get(_cron_key(redis, name))
     return None if raw is None else json.loads(raw)
+
+
+def _counts_key(redis: ArqRedis, minute: int) -> str:
+    return f"{redis.default_queue_name}:counts:{minute}"
+
+
+async def add_counts(redis: ArqRedis, per_minute: dict[int, dict[str, int]]) -> None:
+    """Add workers' outcome counts to per-minute hashes (kept two hours), which every worker shares."""
+    if not per_minute:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for minute, counts in per_minute.items():
+            key = _counts_key(redis, minute)
+            for kind, n in counts.items():
+                pipe.hincrby(key, kind, n)
+            pipe.expire(key, 7200)
+        await pipe.execute()
+
+
+async def counts_last_hour(redis: ArqRedis) -> dict[str, int]:
+    """Every worker's outcome counts of the last 60 minutes, summed."""
+    now = int(time.time() // 60)
+    async with redis.pipeline(transaction=False) as pipe:
+        for minute in range(now - 59, now + 1):
+            pipe.hgetall(_counts_key(redis, minute))
+        hashes = await pipe.execute()
+    total: dict[str, int] = {}
+    for h in hashes:
+        for kind, n in h.items():
+            total[kind.decode()] = total.get(kind.decode(), 0) + int(n)
+    return total
 
 
 async def close(redis: ArqRedis) -> None:

@@ -64,12 +64,13 @@ async def test_the_whole_pipeline_runs_as_the_deploy_role(conn, app_url, redis):
 
     # The operator's tools, as the same role: requeue once the cause is fixed, status, a cleanup run.
     await conn.execute("insert into public.stripe_customers values ($1, $2)", LEGACY_CUSTOMER, USER)
-    from aipt.cli.events import requeue
     import asyncpg
+
+    from aipt import operations
 
     app_conn = await asyncpg.connect(app_url)
     try:
-        assert await requeue(app_conn, redis, stranger["id"]) == 2
+        assert await operations.requeue(app_conn, redis, stranger["id"], "test") == 2
     finally:
         await app_conn.close()
     await run_worker(s)

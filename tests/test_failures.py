@@ -7,9 +7,7 @@ import json
 import asyncpg
 import pytest
 
-from aipt import fixtures, queue
-from aipt.cli import common
-from aipt.cli.events import requeue
+from aipt import fixtures, operations, queue
 from tests.billing import LEGACY_CUSTOMER, USER, seed_catalogue, status, store
 from tests.conftest import captured_logs, make_settings, run_worker
 from tests.receiver import Receiver
@@ -186,7 +184,7 @@ async def make_dead(conn, db_url, redis) -> tuple[dict, object]:
 async def test_requeue_of_a_fixed_dead_event_ends_ok_with_history_kept(conn, db_url, redis):
     event, s = await make_dead(conn, db_url, redis)
     await conn.execute("insert into public.stripe_customers values ($1, $2)", LEGACY_CUSTOMER, USER)
-    assert await requeue(conn, redis, event["id"]) == 3
+    assert await operations.requeue(conn, redis, event["id"], "test") == 3
     await run_worker(s)
     assert await status(conn, event["id"]) == "ok"
     f = await failure(conn, event["id"])
@@ -195,7 +193,7 @@ async def test_requeue_of_a_fixed_dead_event_ends_ok_with_history_kept(conn, db_
 
 async def test_requeue_of_a_still_broken_event_gives_exactly_one_more_attempt(conn, db_url, redis):
     event, s = await make_dead(conn, db_url, redis)
-    await requeue(conn, redis, event["id"])
+    await operations.requeue(conn, redis, event["id"], "test")
     await run_worker(s)
     f = await failure(conn, event["id"])
     assert (f["failure_count"], f["next_retry"]) == (3, None) and f["dead_at"] is not None
@@ -209,8 +207,8 @@ async def test_two_concurrent_requeues_apply_it_once(conn, db_url, redis, pool):
     async def one():
         async with pool.acquire() as c:
             try:
-                return await requeue(c, redis, event["id"])
-            except common.CommandError as exc:
+                return await operations.requeue(c, redis, event["id"], "test")
+            except operations.OperationError as exc:
                 return str(exc)
 
     results = await asyncio.gather(one(), one())
@@ -224,10 +222,10 @@ async def test_requeue_refuses_what_is_not_dead_and_changes_nothing(conn, redis)
     await seed_catalogue(conn)
     event = fixtures.load("checkout.session.completed")
     await store(conn, event)
-    with pytest.raises(common.CommandError, match="is not dead"):
-        await requeue(conn, redis, event["id"])
-    with pytest.raises(common.CommandError, match="no stripe event evt_nope"):
-        await requeue(conn, redis, "evt_nope")
+    with pytest.raises(operations.OperationError, match="is not dead"):
+        await operations.requeue(conn, redis, event["id"], "test")
+    with pytest.raises(operations.OperationError, match="no stripe event evt_nope"):
+        await operations.requeue(conn, redis, "evt_nope", "test")
     assert await status(conn, event["id"]) == "pending"
     assert await conn.fetchval("select count(*) from public.webhook_failures") == 0
 
