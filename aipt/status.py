@@ -37,18 +37,21 @@ def _down(exc: BaseException) -> str:
 
 
 async def _redis_side(settings: Settings, report: dict) -> None:
-    redis = queue.connect(settings)
+    redis = None
     try:
+        redis = queue.connect(settings)  # inside: a malformed REDIS_URL is a finding too
         async with asyncio.timeout(PROBE_SECONDS):
             report["queue"]["depth"] = await queue.queue_depth(redis)
             beat, left = await queue.heartbeat(redis, queue.health_check_key(settings))
-            report["workers"].update(alive=beat is not None, heartbeat=beat, expires_in_seconds=left)
+            report["workers"].update(alive=beat is not None, heartbeat=beat, expires_in_seconds=left,
+                                     last_hour=await queue.counts_last_hour(redis))
             report["crons"]["sweeper"] = await queue.last_cron_run(redis, "sweeper")
         report["redis"] = "ok"
     except Exception as exc:  # noqa: BLE001 - any failure is the finding
         report["redis"] = _down(exc)
     finally:
-        await queue.close(redis)
+        if redis is not None:
+            await queue.close(redis)
 
 
 async def _postgres_side(settings: Settings, report: dict) -> None:
@@ -105,7 +108,8 @@ def _attention(settings: Settings, report: dict) -> list[str]:
         )
     events = report["events"]
     if events.get("dead"):
-        needs.append(f"{events['dead']} dead event(s) need an operator: `aipt dlq list`, fix, `aipt dlq requeue`")
+        needs.append(f"{events['dead']} dead event(s) need an operator: `aipt dlq list`; fix the cause and "
+                     f"`aipt dlq requeue`, or `aipt dlq discard --reason ...` one that must not apply (docs/operations.md)")
     oldest = events.get("oldest_pending_seconds")
     if oldest is not None and oldest > settings.status.pending_max_age_seconds:
         needs.append(
@@ -128,7 +132,8 @@ async def gather(settings: Settings) -> dict[str, Any]:
         "postgres": "unknown",
         "redis": "unknown",
         "queue": {"name": settings.queue.name, "depth": None},
-        "workers": {"key": queue.health_check_key(settings), "alive": None, "heartbeat": None, "expires_in_seconds": None},
+        "workers": {"key": queue.health_check_key(settings), "alive": None, "heartbeat": None, "expires_in_seconds": None,
+                    "last_hour": None},
         "events": {"last_hour": {}, "last_day": {}, "oldest_pending_seconds": None, "dead": None, "retrying": None},
         "crons": {"sweeper": None},
     }

@@ -8,6 +8,7 @@ import pytest
 
 from aipt import fixtures
 from tests.billing import LEGACY_CUSTOMER, USER, billing_state, seed_catalogue, status, store, variant
+from worker.counters import Tally
 from worker.consume import consume_event
 
 STORY = [  # the current-api fixtures in the order Stripe created them
@@ -24,7 +25,7 @@ STORY = [  # the current-api fixtures in the order Stripe created them
 @pytest.fixture
 async def ctx(settings, pool, redis, conn):
     await seed_catalogue(conn)
-    return {"settings": settings, "pool": pool, "redis": redis}
+    return {"settings": settings, "pool": pool, "redis": redis, "tally": Tally()}
 
 
 async def apply(ctx, conn, events) -> list[str]:

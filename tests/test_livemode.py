@@ -13,6 +13,7 @@ from aipt import settings as settings_mod
 from ingest.app import create_app
 from tests.billing import seed_catalogue, store
 from tests.conftest import make_settings, post_event
+from worker.counters import Tally
 from worker.consume import consume_event
 
 
@@ -45,7 +46,7 @@ async def test_the_worker_skips_an_event_stored_before_the_setting_changed(conn,
     await seed_catalogue(conn)
     event = fixtures.load("checkout.session.completed")  # test mode
     await store(conn, event)
-    ctx = {"settings": make_settings(db_url, stripe={"accepted_modes": "live"}), "pool": pool, "redis": redis}
+    ctx = {"settings": make_settings(db_url, stripe={"accepted_modes": "live"}), "pool": pool, "redis": redis, "tally": Tally()}
     assert await consume_event(ctx, event["id"]) == "skipped"
     row = await conn.fetchrow("select status, error from public.stripe_events where id = $1", event["id"])
     assert row["status"] == "skipped" and "accepts live-mode events only" in row["error"]

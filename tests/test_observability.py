@@ -12,6 +12,7 @@ from aipt import fixtures, metrics, queue
 from tests.billing import seed_catalogue, store
 from tests.conftest import captured_logs, make_settings, post_event, run_worker, wait_for
 from tests.ops import event, live_worker
+from worker.counters import Tally
 from worker import gauges
 from worker.consume import consume_event
 
@@ -115,7 +116,7 @@ async def test_every_log_line_about_an_event_carries_id_type_attempt_and_duratio
     for e in (ok, failing):
         await store(conn, e)
     ctx = {"settings": settings.model_copy(update={"retry": settings.retry.model_copy(update={"attempts": 2})}),
-           "pool": pool, "redis": redis}
+           "pool": pool, "redis": redis, "tally": Tally()}
     with captured_logs() as logs:
         await consume_event({**ctx, "job_id": f"stripe:{ok['id']}:1"}, ok["id"])  # applied
         await consume_event({**ctx, "job_id": f"stripe:{ok['id']}:1"}, ok["id"])  # not due: done

@@ -6,7 +6,10 @@ import json
 
 import pytest
 
+from aipt import fixtures, queue
 from aipt import settings as settings_mod
+from tests.billing import seed_catalogue, status, store, variant
+from tests.conftest import wait_for
 from tests.ops import event, live_worker
 
 
@@ -19,7 +22,7 @@ async def test_healthy_while_a_worker_is_alive_and_events_flow(aipt, conn):
     report = json.loads(result.stdout)
     assert report["healthy"] and report["attention"] == []
     assert (report["postgres"], report["redis"]) == ("ok", "ok")
-    assert report["workers"]["alive"] and "j_complete=" in report["workers"]["heartbeat"]
+    assert report["workers"]["alive"] and "last hour: applied=0 failed=0 retried=0 dead=0" in report["workers"]["heartbeat"]
     assert report["events"]["last_hour"] == {"ok": 1} and report["events"]["dead"] == 0
     assert report["queue"] == {"name": aipt.settings.queue.name, "depth": 0}
     assert report["crons"]["sweeper"]["enqueued"] == 0  # it ran at start-up
@@ -75,3 +78,50 @@ async def test_postgres_unreachable_is_reported_and_fails_the_check(aipt, monkey
     result = await aipt("status")
     assert result.exit_code == 1, result.output
     assert "Postgres is unreachable" in result.stdout and "redis" in result.stdout
+
+
+async def test_workers_count_what_their_jobs_did_not_what_arq_saw(aipt, conn, redis):
+    """arq counts jobs that raised; ours never do, so its heartbeat said 0 failures after many."""
+    await seed_catalogue(conn)
+    s = aipt.settings.model_copy(update={
+        "queue": aipt.settings.queue.model_copy(update={"health_check_seconds": 0.2}),
+        "retry": aipt.settings.retry.model_copy(update={"attempts": 2, "base_seconds": 0.2, "cap_seconds": 0.2})})
+    applied = [variant(fixtures.load(t)) for t in ("checkout.session.completed", "payment_intent.succeeded")]
+    retried = variant(fixtures.load("subscription_created", "legacy"))  # customer unknown: fails twice, then dead
+    unknown = variant(fixtures.load("checkout.session.completed"))
+    unknown["data"]["object"]["metadata"] = {"neuron_id": "00000000-0000-4000-8000-000000000000"}  # dead at once
+    async with live_worker(s):
+        for event in (*applied, retried, unknown):
+            await store(conn, event)
+            await queue.enqueue_event(redis, event["id"])
+
+        async def settled():
+            return all([await status(conn, e["id"]) == "ok" for e in applied]) and await conn.fetchval(
+                "select count(*) = 2 from public.webhook_failures where dead_at is not null")
+
+        await wait_for(settled, timeout=20)
+        beat = "last hour: applied=2 failed=3 retried=1 dead=2"
+        await wait_for(lambda: _has(redis, s, beat), timeout=10)
+        result = await aipt("status", "--json")
+        text = await aipt("status")
+    report = json.loads(result.stdout)
+    assert beat in report["workers"]["heartbeat"]
+    assert report["workers"]["last_hour"] == {"applied": 2, "failed": 3, "retried": 1, "dead": 2}
+    assert "applied 2, failed 3, retried 1, dead 2" in text.stdout
+
+
+async def _has(redis, s, text: str) -> bool:
+    beat = await redis.get(queue.health_check_key(s))
+    return beat is not None and text in beat.decode()
+
+
+@pytest.mark.parametrize(("env", "finding"), [
+    ({"REDIS_URL": "bogus"}, "Redis is unreachable (ValueError"),  # malformed: no scheme
+    ({"PORT": "not-a-port"}, "configuration: "),  # the settings themselves do not load
+])
+async def test_status_json_is_one_object_whatever_is_wrong(aipt, env, finding):
+    result = await aipt("status", "--json", **env)
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["healthy"] is False and any(line.startswith(finding) for line in report["attention"]), report
+    assert "Future exception" not in result.stderr and "Traceback" not in result.stderr

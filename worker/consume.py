@@ -79,6 +79,7 @@ async def _consume(ctx: dict, event_id: str) -> str:
                  duration_ms=_ms(started))
         return "not_due"
     elapsed = time.perf_counter() - started
+    ctx["tally"].note(row["outcome"], row["attempt"])
     metrics.EVENTS.labels(event_type=row["event_type"], outcome=row["outcome"]).inc()
     metrics.EVENT_SECONDS.observe(elapsed)
     metrics.EVENT_ATTEMPTS.observe(row["attempt"])
@@ -103,6 +104,7 @@ async def _failed(ctx: dict, conn: asyncpg.Connection, event_id: str, exc: Excep
     if attempt is None:
         return "duplicate"  # another attempt applied it meanwhile
     outcome = "dead" if dead else "retry"
+    ctx["tally"].note(outcome, attempt)
     metrics.EVENTS.labels(event_type=head["event_type"], outcome=outcome).inc()
     metrics.EVENT_SECONDS.observe(elapsed)
     metrics.EVENT_ATTEMPTS.observe(attempt)
@@ -128,7 +130,8 @@ async def _announce_death(ctx: dict, conn: asyncpg.Connection, event_id: str, el
     alerts.send(
         settings,
         f":rotating_light: Stripe event {event_id} ({claim['event_type']}) is dead after "
-        f"{claim['attempts']} attempt(s): {claim['error_message']}. Fix the cause, then `aipt dlq requeue {event_id}`.",
+        f"{claim['attempts']} attempt(s): {claim['error_message']}. Fix the cause, then `aipt dlq requeue {event_id}`; "
+        f"one that must never apply: `aipt dlq discard {event_id} --reason ...` (docs/operations.md).",
     )
     if claim["dead_count"] == settings.alerts.dead_threshold:
         alerts.send(settings, f":warning: {claim['dead_count']} Stripe events are dead. See `aipt dlq list`.")

@@ -18,6 +18,7 @@ from aipt.logs import log
 from aipt.settings import Settings
 from worker import cleanup, gauges, sweeper
 from worker.consume import consume_event
+from worker.counters import Tally
 from worker.start import Worker
 
 
@@ -35,6 +36,7 @@ def build(settings: Settings, **overrides) -> Worker:
 
     async def startup(ctx: dict) -> None:
         ctx["settings"] = settings
+        ctx["tally"] = Tally()
         # min_size=0: a worker starts while Postgres is down and heals when it is back.
         ctx["pool"] = await db.create_pool(settings, min_size=0)
         metrics.register_worker()
@@ -48,6 +50,9 @@ def build(settings: Settings, **overrides) -> Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await ctx["gauges"]
         await alerts.drain()
+        if "tally" in ctx:
+            with contextlib.suppress(Exception):  # Redis gone at shutdown: those counts are lost, nothing else
+                await queue.add_counts(ctx["redis"], ctx["tally"].take_unsent())
         if "pool" in ctx:
             await ctx["pool"].close()
         log.info("worker stopped")
