@@ -120,6 +120,7 @@ async def pool(db_url):
 # --- services: settings, signing, the app, the worker ------------------------------------------
 
 import asyncio  # noqa: E402
+import sys  # noqa: E402
 import contextlib  # noqa: E402
 
 import structlog  # noqa: E402
@@ -260,27 +261,40 @@ def captured_logs():
         structlog.configure(**previous)
 
 
+class Ran:
+    """What a finished `aipt` process did."""
+
+    def __init__(self, code: int, stdout: str, stderr: str):
+        self.exit_code, self.stdout, self.stderr = code, stdout, stderr
+        self.output = stdout + stderr
+
+    def __repr__(self) -> str:
+        return f"<aipt exit {self.exit_code}: {self.output[-2000:]}>"
+
+
+async def run_aipt(*args: str, input: str | None = None, env: dict | None = None, timeout: float = 60,
+                   environ: dict | None = None, cwd: str | None = None) -> Ran:
+    """The real `aipt` process (python -m aipt), with this process' environment and working directory
+    (or `environ` and `cwd`), plus `env`."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aipt", *[str(a) for a in args],
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**(os.environ if environ is None else environ), "COLUMNS": "200", **(env or {})}, cwd=cwd or os.getcwd())
+    out, err = await asyncio.wait_for(proc.communicate(input.encode() if input is not None else b""), timeout)
+    return Ran(proc.returncode, out.decode(), err.decode())
+
+
 @pytest.fixture
-def aipt(settings, db_url, monkeypatch):
-    """Run `aipt ARGS...` in-process against the test's database, Redis db and queue."""
-    import logging
-
-    from typer.testing import CliRunner
-
-    from aipt import cli
-
+def aipt(settings, db_url, monkeypatch, tmp_path):
+    """Run `aipt ARGS...` as a real process against the test's database, Redis db and queue."""
     monkeypatch.setenv("DATABASE_URL", db_url)
     monkeypatch.setenv("REDIS_URL", settings.redis_url)
     monkeypatch.setenv("AIPT_QUEUE_NAME", settings.queue.name)
-    settings_mod.get.cache_clear()
-    handlers = logging.root.handlers[:]
-    runner = CliRunner()
+    monkeypatch.setenv("AIPT_DEV_DATA", str(tmp_path / "no-dev"))  # never a developer's .aipt/dev.env
+    monkeypatch.setenv("AIPT_OPERATOR", "ops@test")
 
-    async def invoke(*args: str):
-        # In a thread: the command runs its own event loop (asyncio.run), as from a shell.
-        return await asyncio.to_thread(runner.invoke, cli.app, [str(a) for a in args])
+    async def invoke(*args: str, input: str | None = None, **env: str) -> Ran:
+        return await run_aipt(*args, input=input, env=env)
 
     invoke.settings = settings
-    yield invoke
-    settings_mod.get.cache_clear()
-    logging.root.handlers[:] = handlers  # the command configured logging on the runner's streams
+    return invoke

@@ -10,6 +10,7 @@ class Receiver:
     def __init__(self, status: int = 200):
         self.status = status
         self.bodies: list[dict] = []
+        self.raw: list[tuple[dict[str, str], bytes]] = []  # each request's headers (lower-cased) and body
         self.server: asyncio.AbstractServer | None = None
 
     @property
@@ -27,6 +28,9 @@ class Receiver:
                 (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0
             )
             body = await reader.readexactly(length)
+            fields = (line.decode().split(": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+            headers = {name.lower(): value for name, value in fields}
+            self.raw.append((headers, body))
             self.bodies.append(json.loads(body))
             writer.write(f"HTTP/1.1 {self.status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".encode())
             await writer.drain()

@@ -19,18 +19,16 @@ async def test_guard_prints_the_guard_and_finds_the_kind_itself(aipt, conn):
 
     result = await aipt("content", "guard", n, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == [
-        {
-            "kind": "neuron",
-            "id": str(n),
-            "can_delete": False,
-            "reason": "neuron is in 1 live bundle(s): holder",
-            "active_bundles": ["holder"],
-            "active_subscriptions": 0,
-        }
-    ]
+    assert json.loads(result.stdout) == {
+        "kind": "neuron",
+        "id": str(n),
+        "can_delete": False,
+        "reason": "neuron is in 1 live bundle(s): holder",
+        "active_bundles": ["holder"],
+        "active_subscriptions": 0,
+    }
     table = await aipt("content", "guard", "neuron", n)
-    assert table.exit_code == 0 and "holder" in table.stdout
+    assert table.exit_code == 0 and "holder" in table.stdout and "['holder']" not in table.stdout
 
 
 async def test_soft_delete_restore_and_history(aipt, conn):

@@ -8,12 +8,8 @@ the kind, the ID says which it is.
 
 from __future__ import annotations
 
-import json
-import uuid
-
 import typer
 
-from aipt import db
 from aipt.cli import common
 
 app = typer.Typer(no_args_is_help=True, help="Delete guard, soft delete, restore, hard delete and history of content.")
@@ -23,8 +19,10 @@ TARGET = typer.Argument(..., metavar="[neuron|bundle] ID", help="The content's i
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
-def parse_target(words: list[str]) -> tuple[str | None, uuid.UUID]:
+def parse_target(words: list[str]):
     """`ID` or `KIND ID` -> (kind or None, id)."""
+    import uuid
+
     if len(words) == 1:
         kind, raw = None, words[0]
     elif len(words) == 2:
@@ -39,8 +37,10 @@ def parse_target(words: list[str]) -> tuple[str | None, uuid.UUID]:
         raise common.CommandError(f"not a valid id: {raw!r}") from None
 
 
-async def resolve(conn, words: list[str]) -> tuple[str, uuid.UUID]:
+async def resolve(conn, words: list[str]):
     """The kind and id a command acts on; the kind looked up when not given."""
+    from aipt import db
+
     kind, content_id = parse_target(words)
     if kind is None:
         kind = await conn.fetchval(db.queries["content_kind"], content_id)
@@ -53,6 +53,8 @@ def change(words: list[str], query: str, *args, done: str, unchanged: str) -> No
     """Run one state-changing function and say what happened; a refusal is an error (exit 1)."""
 
     async def main() -> None:
+        from aipt import db
+
         async with common.connection() as conn:
             kind, content_id = await resolve(conn, words)
             changed = await conn.fetchval(db.queries[f"{query}_{kind}"], content_id, *args)
@@ -67,10 +69,16 @@ def guard(target: list[str] = TARGET, as_json: bool = JSON) -> None:
     """Whether the content can be deleted now, and what depends on it (live bundles, subscriptions, purchases)."""
 
     async def main() -> None:
+        from aipt import db
+
         async with common.connection() as conn:
             kind, content_id = await resolve(conn, target)
             row = await conn.fetchrow(db.queries[f"content_guard_{kind}"], content_id)
-        common.emit([{"kind": kind, "id": str(content_id), **row}], as_json, title="delete guard")
+        record = {"kind": kind, "id": str(content_id), **row}
+        if as_json:
+            common.print_json(record)  # one thing: one object
+        else:
+            common.emit([record], False, title="delete guard")
 
     common.run(main)
 
@@ -109,6 +117,10 @@ def history(target: list[str] = TARGET, as_json: bool = JSON) -> None:
     """The audit trail of the content: every soft delete, restore and hard delete, who, when, why."""
 
     async def main() -> None:
+        import json
+
+        from aipt import db
+
         kind, content_id = parse_target(target)
         async with common.connection() as conn:
             rows = [dict(r) for r in await conn.fetch(db.queries["content_history"], content_id, kind)]
@@ -119,3 +131,23 @@ def history(target: list[str] = TARGET, as_json: bool = JSON) -> None:
         common.emit(rows, as_json, title=f"history of {content_id}")
 
     common.run(main)
+
+
+@app.command("list")
+def list_(
+    deleted: bool = typer.Option(False, "--deleted", help="Soft-deleted content instead, with when each may be hard-deleted."),
+    limit: int = typer.Option(200, "--limit", "-n", min=1, metavar="N"),
+    as_json: bool = JSON,
+) -> None:
+    """Neurons and bundles with their ids (live ones, or soft-deleted ones with --deleted)."""
+
+    async def main() -> list[dict]:
+        from aipt import db
+
+        async with common.connection() as conn:
+            rows = [dict(r) for r in await conn.fetch(db.queries["list_content"], deleted, limit)]
+        drop = () if deleted else ("deleted_at", "deletion_reason", "hard_delete_from")
+        return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+    common.emit(common.run(main), as_json, title="deleted content" if deleted else "content",
+                empty="(no deleted content)" if deleted else "(no content)")

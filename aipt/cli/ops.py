@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import sys
+from enum import Enum
 
 import typer
-from rich.table import Table
 
-from aipt import db, status as health
 from aipt.cli import common
-from aipt.settings import CLEANUP_JOBS
+
+# aipt.settings.CLEANUP_JOBS, written out so that `--help` does not import the settings (a test keeps them equal).
+Job = Enum("Job", {j: j for j in ("stripe_events", "webhook_failures", "rate_limit", "deleted_content")}, type=str)
+CLEANUP_JOBS = tuple(j.value for j in Job)
 
 
 def _counts(counts: dict | None) -> str:
@@ -33,6 +31,10 @@ def _cron_line(name: str, run: dict | None) -> str:
 
 
 def _print_report(report: dict) -> None:
+    from rich.table import Table
+
+    from aipt.status import age
+
     out = common.console
     verdict = "[green]healthy[/green]" if report["healthy"] else "[red bold]NEEDS ATTENTION[/red bold]"
     out.print(f"aipt status: {verdict}  ({report['checked_at']})")
@@ -47,9 +49,12 @@ def _print_report(report: dict) -> None:
         table.add_row("workers", f"alive: {workers['heartbeat']} (next heartbeat due within {workers['expires_in_seconds']:.0f} s)")
     else:
         table.add_row("workers", "unknown (Redis down)" if workers["alive"] is None else f"none alive (no {workers['key']})")
+    if workers.get("last_hour") is not None:
+        table.add_row("worker jobs, last hour", _counts(
+            {k: workers["last_hour"].get(k, 0) for k in ("applied", "failed", "retried", "dead")}))
     table.add_row("events, last hour", _counts(events["last_hour"]))
     table.add_row("events, last day", _counts(events["last_day"]))
-    table.add_row("oldest pending", health.age(events["oldest_pending_seconds"]))
+    table.add_row("oldest pending", age(events["oldest_pending_seconds"]))
     table.add_row("dead", "-" if events["dead"] is None else str(events["dead"]))
     table.add_row("retrying", "-" if events["retrying"] is None else str(events["retrying"]))
     for name, run in report["crons"].items():
@@ -61,15 +66,35 @@ def _print_report(report: dict) -> None:
         out.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
 
 
-def status(as_json: bool = typer.Option(False, "--json", help="The report as one JSON object")) -> None:
+def _unconfigured(exc: Exception) -> dict:
+    """The report when the settings themselves are wrong: still one JSON object for a monitor."""
+    import datetime as dt
+
+    return {"checked_at": dt.datetime.now(dt.UTC).isoformat(), "healthy": False,
+            "attention": [f"configuration: {exc}"], "warnings": [], "postgres": "unknown", "redis": "unknown"}
+
+
+def status(as_json: bool = typer.Option(False, "--json", help="The report as one JSON object (also when it cannot be made).")) -> None:
     """Queue, workers, events, dead letters and crons. Exit 0 when healthy, 1 when something needs attention."""
 
     async def main() -> dict:
-        return await health.gather(common.load_settings())
+        from aipt import status as health
+
+        try:
+            s = common.load_settings()
+        except Exception as exc:
+            if not as_json:
+                raise
+            return _unconfigured(exc)
+        report = await health.gather(s)
+        for side, key in (("postgres", "DATABASE_URL"), ("redis", "REDIS_URL")):
+            if report[side] != "ok" and common.not_running_hint(key):
+                report["attention"].append(common.not_running_hint(key).strip(" ()"))
+        return report
 
     report = common.run(main)
     if as_json:
-        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+        common.print_json(report)
     else:
         _print_report(report)
     if not report["healthy"]:
@@ -78,19 +103,20 @@ def status(as_json: bool = typer.Option(False, "--json", help="The report as one
 
 def cleanup(
     dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be deleted now; delete nothing"),
-    jobs: list[str] = typer.Option(None, "--job", help=f"Only this job (repeatable): {', '.join(CLEANUP_JOBS)}"),
-    max_seconds: float = typer.Option(None, "--max-seconds", help="Start no new batch after this long (default: no limit)"),
-    as_json: bool = typer.Option(False, "--json"),
+    jobs: list[Job] = typer.Option(None, "--job", metavar="JOB", help="Only this job (repeatable): " + ", ".join(CLEANUP_JOBS) + "."),
+    max_seconds: float = typer.Option(None, "--max-seconds", metavar="SECONDS", help="Start no new batch after this long (default: no limit)"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (a list of objects, one per job)."),
 ) -> None:
     """Run the retention cleanups now, batch after batch, through the worker's SQL functions."""
-    from worker import cleanup as cleanups
-
-    chosen = list(jobs or CLEANUP_JOBS)
-    unknown = [j for j in chosen if j not in CLEANUP_JOBS]
-    if unknown:
-        raise typer.BadParameter(f"unknown job(s) {', '.join(unknown)}; choose from {', '.join(CLEANUP_JOBS)}")
+    chosen = [j.value for j in jobs] if jobs else list(CLEANUP_JOBS)
 
     async def main() -> list:
+        import os
+        import socket
+
+        from aipt import db
+        from worker import cleanup as cleanups
+
         s = common.load_settings()
         if dry_run:
             async with common.connection() as conn:
@@ -106,9 +132,11 @@ def cleanup(
 
     outcomes = common.run(main)
     if as_json:
-        sys.stdout.write(json.dumps([o.as_dict() for o in outcomes], indent=2) + "\n")
+        common.print_json([o.as_dict() for o in outcomes])
     else:
+        from worker.cleanup import describe
+
         for o in outcomes:
-            common.console.print(cleanups.describe(o), highlight=False)
+            common.console.print(describe(o), highlight=False)
     if any(o.status == "error" for o in outcomes):
         raise typer.Exit(1)

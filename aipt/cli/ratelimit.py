@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from aipt import db
 from aipt.cli import common
 
 app = typer.Typer(no_args_is_help=True, help="Rate limits: per-endpoint dashboard and the busiest callers.")
@@ -17,6 +16,8 @@ def dashboard(as_json: bool = JSON) -> None:
     """Per endpoint: active buckets, requests and blocked in the last hour, block rate."""
 
     async def main() -> None:
+        from aipt import db
+
         async with common.connection() as conn:
             rows = await conn.fetch(db.queries["rate_limit_dashboard"])
         common.emit(rows, as_json, title="Rate limits, last hour")
@@ -32,6 +33,8 @@ def top_users(
     """The busiest callers of the last 24 hours (users by id, anonymous callers by address)."""
 
     async def main() -> None:
+        from aipt import db
+
         async with common.connection() as conn:
             rows = await conn.fetch(db.queries["rate_limit_top_users"], limit)
         common.emit(rows, as_json, title="Top callers, last 24 hours")
