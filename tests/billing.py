@@ -17,11 +17,8 @@ DEMO_SQL = (Path(fixtures.__file__).parent / "demo.sql").read_text()
 
 
 async def seed_catalogue(conn: asyncpg.Connection) -> None:
-    """The neuron and plan the current fixtures name, a plan for the legacy price, and a legacy user."""
+    """`aipt dev`'s demo catalogue: the neuron and the plans the fixtures name (not the legacy customer's mapping)."""
     await conn.execute(DEMO_SQL)
-    await conn.execute(
-        "insert into public.plans (name, tier, stripe_price_id) values ('Legacy', 2, 'price_1IDQm5JDPojXS6LNM31hxKzp')"
-    )
 
 
 async def store(conn: asyncpg.Connection, event: dict) -> None:
