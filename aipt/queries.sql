@@ -89,7 +89,7 @@ limit $10
 -- One event (or a failure whose event row is gone) with its state, payload, failed attempts and what
 -- operators did to it.
 select k.id as event_id, coalesce(e.type, f.event_type) as event_type,
-       case when e.id is null then 'dead (event row gone)'
+       case when e.id is null then case when f.resolved_at is null then 'dead' else 'discarded' end || ' (event row gone)'
             else public.stripe_event_state(e.status, f.next_retry, e.discarded_at) end as status,
        e.api_version, e.created, e.livemode, e.received_at, e.processed_at, e.discarded_at, e.error,
        f.failure_count, f.max_retries, f.next_retry, f.dead_at, f.alerted_at, f.resolved_at, f.permanent,

@@ -17,7 +17,8 @@ import pytest
 
 from aipt import fixtures, migrate, queue
 from tests import catalog
-from tests.conftest import create_database, drop_database, make_settings, post_event, run_worker
+from tests.conftest import create_database, drop_database, make_settings, post_event, run_aipt, run_worker, wait_for
+from tests.ops import live_worker
 from tests.roles import acting_as
 from tests.supabase import build_legacy
 
@@ -427,6 +428,54 @@ async def test_webhooks_apply_end_to_end_and_the_deployed_columns_stay_current(u
     assert await db.fetchval("select status from public.stripe_events where id = 'evt_1LegacyCheckoutPay0001'") == "ok"
     assert await db.fetchval("select count(*) from public.user_purchases where user_id = $1 and neuron_id = $2",
                              ALICE, DEEP_WORK) == 1  # fmt: skip
+
+
+async def test_the_operator_closes_the_shops_dead_letters_from_the_cli(upgraded):
+    """The deployed shop arrives with three dead events (one whose event row is gone) and two pending
+    ones. With the worker running, `aipt` alone brings `aipt status` to green."""
+    url, db = upgraded
+    settings = make_settings(url)
+    env = {"DATABASE_URL": url, "REDIS_URL": settings.redis_url, "AIPT_QUEUE_NAME": settings.queue.name,
+           "AIPT_OPERATOR": "ops@shop", "AIPT_DEV_DATA": "/nonexistent"}
+
+    async def aipt_(*args: str):
+        return await run_aipt(*args, env=env)
+
+    dead = {r["event_id"] for r in json.loads((await aipt_("dlq", "list", "--json")).stdout)}
+    assert dead == {"evt_1LegacyCheckoutPay0001", "evt_1LegacyPaymentIntent001", "evt_1LegacyCheckoutBad0001"}
+    orphan = json.loads((await aipt_("events", "show", "evt_1LegacyCheckoutBad0001", "--json")).stdout)
+    assert orphan["status"] == "dead (event row gone)" and orphan["payload"] is None
+    plans = {p["tier"]: p["prices"] for p in json.loads((await aipt_("plans", "list", "--json")).stdout)}
+    assert plans[3] == ["price_1LegacyEliteMonth01", "price_1LegacyEliteYear001"]
+    added = await aipt_("plans", "add", "price_1InitiateQuarterly", "2")
+    assert added.exit_code == 0, added.output  # the deployed tier row takes it
+    assert await db.fetchval("select code::text from public.plans where stripe_price_id = 'price_1InitiateQuarterly'") == "initiate"
+    full = await aipt_("plans", "add", "price_1InitiateBiannual", "2")
+    assert full.exit_code == 1 and "no plan of tier 2 without a price of its own" in full.stderr
+    listed = json.loads((await aipt_("content", "list", "--json")).stdout)
+    assert {"kind": "neuron", "id": str(DEEP_WORK), "required_tier": "architect"}.items() <= next(
+        r for r in listed if r["id"] == str(DEEP_WORK)).items()
+
+    async with live_worker(settings):
+        gone = await aipt_("dlq", "discard", "evt_1LegacyCheckoutBad0001", "--reason", "its event row was deleted before the upgrade")
+        assert gone.exit_code == 0, gone.output
+        # What the deployed code could not apply, ours does: both apply once requeued.
+        fixed = await aipt_("dlq", "requeue", "--all", "--yes", "--wait")
+        assert fixed.exit_code == 0, fixed.output
+        assert {"evt_1LegacyCheckoutPay0001: ok", "evt_1LegacyPaymentIntent001: ok"} <= set(fixed.stdout.splitlines())
+
+        async def pending_applied():
+            return await db.fetchval("select count(*) = 0 from public.stripe_events where status = 'pending'")
+
+        await wait_for(pending_applied, timeout=20)  # the sweeper found the deployed pending events
+        green = await aipt_("status")
+        assert green.exit_code == 0, green.output
+    assert json.loads((await aipt_("dlq", "list", "--json")).stdout) == []
+    actions = await db.fetch("select event_id, action, actor from public.stripe_event_actions order by id")
+    assert [tuple(a) for a in actions] == [
+        ("price_1InitiateQuarterly", "add_plan_price", "ops@shop"),
+        ("evt_1LegacyCheckoutBad0001", "discard", "ops@shop"), ("evt_1LegacyCheckoutPay0001", "requeue", "ops@shop"),
+        ("evt_1LegacyPaymentIntent001", "requeue", "ops@shop")]
 
 
 async def test_a_failing_run_leaves_the_database_byte_for_byte_as_it_was(deployed):
