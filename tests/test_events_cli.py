@@ -6,6 +6,7 @@ import json
 
 from aipt import db, fixtures, queue
 from tests.billing import LEGACY_CUSTOMER, USER, seed_catalogue, status, store, variant
+from tests.conftest import wait_for
 from tests.ops import live_worker
 from worker.consume import consume_event
 from worker.counters import Tally
@@ -252,3 +253,18 @@ async def test_verbose_anywhere_shows_the_traceback(aipt):
                  ("events", "-v", "show", "evt_nope")):
         loud = await aipt(*args)
         assert loud.exit_code == 1 and "Traceback" in loud.stderr and "CommandError: no event evt_nope" in loud.stderr
+
+
+async def test_with_redis_down_a_requeue_is_committed_and_left_to_the_sweeper(aipt, conn, redis):
+    dead = await failing(conn, aipt, redis, attempts=1)
+    result = await aipt("dlq", "requeue", dead["id"], REDIS_URL="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    assert result.exit_code == 0, result.output
+    assert f"requeued {dead['id']} (attempt 2)" in result.stdout
+    assert "is due but not enqueued" in result.stderr and "the sweeper will pick it up" in result.stderr
+    # Due in Postgres: exactly what the sweeper enqueues.
+    assert await conn.fetchval("select next_retry <= now() from public.webhook_failures where event_id = $1", dead["id"])
+    async with live_worker(aipt.settings):
+        async def applied_or_dead_again():
+            return await conn.fetchval("select failure_count = 2 from public.webhook_failures where event_id = $1", dead["id"])
+
+        await wait_for(applied_or_dead_again, timeout=20)  # the customer is still unknown: it ran and died again

@@ -189,20 +189,17 @@ def _act(verb: str, ids: list[str], all_query: str | None, filters: tuple, actio
 
         async with common.connection() as conn:
             if all_query:
-                rows = await conn.fetch(db.queries[all_query], *filters, 1_000_000)
-                targets = [r["event_id"] for r in rows]
+                targets = [r["event_id"] for r in await conn.fetch(db.queries[all_query], *filters, 1_000_000)]
                 if not targets:
                     common.console.print(f"no {describe_all}: nothing to {verb}", highlight=False)
                     return
-                if dry_run:
-                    common.console.print(f"would {verb} {len(targets)} event(s): " + " ".join(targets), highlight=False)
-                    return
-                common.confirm(f"{verb} {len(targets)} {describe_all}?", yes)
             else:
                 targets = list(dict.fromkeys(ids))
-                if dry_run:
-                    common.console.print(f"would {verb} {len(targets)} event(s): " + " ".join(targets), highlight=False)
-                    return
+            if dry_run:
+                common.console.print(f"would {verb} {len(targets)} event(s): " + " ".join(targets), highlight=False)
+                return
+            if all_query:
+                common.confirm(f"{verb} {len(targets)} {describe_all}?", yes)
             started, refused = await _run_each(conn, verb, targets, action, by)
             failed = await _wait(conn, started, timeout) if wait and started else []
         if refused or failed:
@@ -218,7 +215,9 @@ async def _run_each(conn, verb: str, targets: list[str], action, by: str) -> tup
 
     started: dict[str, int] = {}
     refused: list[str] = []
-    warn = lambda line: common.err_console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)  # noqa: E731
+    def warn(line: str) -> None:
+        common.err_console.print(f"[yellow]warning:[/yellow] {line}{common.not_running_hint('REDIS_URL')}", highlight=False)
+
     async with common.redis_client() as redis:
         with Progress(console=common.err_console, transient=True, disable=len(targets) < 10) as bar:
             task = bar.add_task(verb, total=len(targets))
