@@ -39,9 +39,9 @@ def refusal(exc: asyncpg.PostgresError) -> str:
     return f"{exc}" + (f" (hint: {hint})" if hint else "")
 
 
-async def _call(conn: asyncpg.Connection, query: str, *args):
+async def _call(conn: asyncpg.Connection, sql: str, *args):
     try:
-        return await conn.fetchval(db.queries[query], *args)
+        return await conn.fetchval(sql, *args)
     except asyncpg.PostgresError as exc:
         if isinstance(exc, db.UNAVAILABLE):
             raise
@@ -57,14 +57,14 @@ async def _ring(redis, event_id: str, attempt: int, warn: Callable[[str], None])
 
 async def requeue(conn, redis, event_id: str, by: str, warn: Callable[[str], None] = lambda _: None) -> int:
     """A dead event gets one more attempt now; returns that attempt's number."""
-    attempt = await _call(conn, "requeue_event", event_id, by)
+    attempt = await _call(conn, db.queries["requeue_event"], event_id, by)
     await _ring(redis, event_id, attempt, warn)
     return attempt
 
 
 async def retry(conn, redis, event_id: str, by: str, warn: Callable[[str], None] = lambda _: None) -> int:
     """A retrying event's next attempt runs now instead of at its time; returns that attempt's number."""
-    attempt = await _call(conn, "retry_event", event_id, by)
+    attempt = await _call(conn, db.queries["retry_event"], event_id, by)
     await _ring(redis, event_id, attempt, warn)
     return attempt
 
@@ -72,7 +72,7 @@ async def retry(conn, redis, event_id: str, by: str, warn: Callable[[str], None]
 async def replay(conn, redis, event_id: str, by: str, warn: Callable[[str], None] = lambda _: None) -> int:
     """An applied (or skipped) event is applied once more from its payload; returns the attempt number."""
     async with conn.transaction():
-        await _call(conn, "replay_event", event_id, by)
+        await _call(conn, db.queries["replay_event"], event_id, by)
         attempt = (await conn.fetchrow(db.queries["event_attempt"], event_id))["attempt"]
     await _ring(redis, event_id, attempt, warn)
     return attempt
@@ -80,7 +80,7 @@ async def replay(conn, redis, event_id: str, by: str, warn: Callable[[str], None
 
 async def discard(conn, event_id: str, reason: str, by: str) -> str:
     """The event is resolved without being applied and needs no attention any more."""
-    return await _call(conn, "discard_event", event_id, reason, by)
+    return await _call(conn, db.queries["discard_event"], event_id, reason, by)
 
 
 @dataclass

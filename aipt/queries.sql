@@ -20,10 +20,12 @@ left join public.webhook_failures f on f.event_id = e.id
 where e.id = $1
   and (e.status = 'pending' or (e.status = 'error' and f.next_retry <= now()))
 
--- record_failure --
--- Count a failed attempt (the SQLSTATE decides whether it is permanent); returns attempt, next_retry, dead.
-select attempt, next_retry, dead
-from public.record_stripe_event_failure(
+-- fail_event --
+-- Record a failed attempt (the SQLSTATE decides whether it is permanent) and, for a death, claim its alert:
+-- event_type, attempt (null: applied meanwhile), next_retry, dead, alert (announce it: once per death),
+-- dead_count. Raises P0002 for an event that does not exist.
+select event_type, attempt, next_retry, dead, alert, dead_count
+from public.fail_stripe_event(
   p_event_id => $1, p_error => $2, p_error_code => $3,
   p_max_attempts => $4, p_base_seconds => $5, p_factor => $6, p_cap_seconds => $7)
 
@@ -51,10 +53,6 @@ union all
 -- ping --
 -- Readiness: the database answers.
 select 1
-
--- claim_dead_alert --
--- The details of a death to announce; no row when it was announced already.
-select event_type, attempts, error_message, dead_count from public.claim_dead_alert(p_event_id => $1)
 
 -- list_events --
 -- Events for operators, newest first, each with what it is now (stripe_event_state). Every filter is

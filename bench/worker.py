@@ -5,14 +5,14 @@
 What runs:
   * a scratch database (migrated with aipt.migrate, demo catalogue seeded, dropped at the end) and an
     empty Redis db (claimed like the test suite claims one, flushed at the end);
-  * the worker as `aipt worker` builds it: worker.main.build(settings) with settings.toml's [queue]
+  * the worker as `aipt worker` builds it: worker.main.spec(settings), run by aipt.queue.runner with settings.toml's [queue]
     (max_jobs, poll_delay, ...) and [db] pool, the sweeper cron included, logging configured as the
     worker does (JSON, into a file here), in burst mode (it stops when the queue is empty);
   * consume rounds: N distinct events stored as ingest stores them (status pending) and enqueued with
     aipt.queue.enqueue_event, then applied by the real consume job (wrapped only to time each call);
   * no-op rounds: N jobs enqueued the same way, the job function replaced by one that returns at once;
   * reference no-op rounds: the same on the same worker with arq's own job claim (WATCH, EXISTS,
-    ZSCORE, MULTI/EXEC) instead of worker/start.py's one script, to show what the claim is worth.
+    ZSCORE, MULTI/EXEC) instead of aipt/queue/runner.py's one script, to show what the claim is worth.
 Rounds alternate reference no-op, no-op and consume; after each consume round every event must be
 'ok'. The rate is N over the span from the first job's start to the last job's end (worker start-up
 excluded), the median over rounds; the ratio is the median of each round's consume / no-op (the two ran
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import random
@@ -46,13 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg  # noqa: E402
 import uvloop  # noqa: E402
-from arq import func  # noqa: E402
-from arq.worker import Worker as ArqWorker  # noqa: E402
+from arq.worker import Worker as ArqWorker  # noqa: E402 - the peer: arq's own claim
 
 from aipt import db, logs, queue  # noqa: E402
 from bench import common  # noqa: E402
+from aipt.queue import runner  # noqa: E402
 from worker.consume import consume_event  # noqa: E402
-from worker.main import build  # noqa: E402
+from worker.main import spec  # noqa: E402
 
 
 class Timings:
@@ -66,10 +67,10 @@ class Timings:
 
     def wrap(self, fn):
         @functools.wraps(fn)
-        async def timed(ctx: dict, event_id: str):
+        async def timed(ctx: dict, event_id: str, attempt: int | None = None):
             t = time.perf_counter()
             self.starts.append(t)
-            outcome = await fn(ctx, event_id)
+            outcome = await fn(ctx, event_id, attempt)
             end = time.perf_counter()
             self.ends.append(end)
             self.durations.append(end - t)
@@ -82,7 +83,7 @@ class Timings:
         return len(self.ends) / (max(self.ends) - min(self.starts)) if self.ends else 0.0
 
 
-async def noop(ctx: dict, event_id: str) -> str:
+async def noop(ctx: dict, event_id: str, attempt: int | None = None) -> str:
     return "ok"
 
 
@@ -109,9 +110,9 @@ async def run_worker(settings, fn, timings: Timings, expected: int, max_seconds:
                      stock: bool = False) -> dict:
     """A burst worker of the real build with the job function `fn`; bounded by max_seconds.
 
-    stock: the same worker with arq's own job claim (four round trips) instead of worker/start.py's."""
-    w = build(settings, burst=True, handle_signals=False,
-              functions=[func(timings.wrap(fn), name=queue.CONSUME, max_tries=1000)])
+    stock: the same worker with arq's own job claim (four round trips) instead of aipt/queue/runner.py's."""
+    jobs = {queue.CONSUME: timings.wrap(fn)}
+    w = runner.build(settings, dataclasses.replace(spec(settings), jobs=jobs), burst=True, handle_signals=False)
     if stock:
         w.__class__ = ArqWorker
     spy = start_py_spy(profile)

@@ -17,6 +17,7 @@ from tests import content
 from tests.conftest import make_settings, run_worker, wait_for
 from tests.ops import event, remaining
 from tests.roles import acting_as
+from aipt import retention
 from worker import cleanup
 
 
@@ -47,7 +48,7 @@ async def story(conn):
 async def test_stripe_events_go_when_finished_and_past_retention_and_never_before(conn, settings, story):
     gone, kept = story
     before_failures = await remaining(conn, "webhook_failures")
-    outcome = await cleanup.run(settings, "stripe_events")
+    outcome = await retention.run(settings, "stripe_events")
     assert outcome.status == "ok", outcome.note
     assert await remaining(conn) == set(kept.values())
     # A failure row goes with its event and only with it.
@@ -58,7 +59,7 @@ async def test_stripe_events_go_when_finished_and_past_retention_and_never_befor
 
 async def test_batches_are_small_and_the_run_is_recorded_with_its_counts(conn, db_url, story):
     s = make_settings(db_url, cleanup={"batch_size": 1, "pause_seconds": 0})
-    outcome = await cleanup.run(s, "stripe_events", run_by="test")
+    outcome = await retention.run(s, "stripe_events", run_by="test")
     assert outcome.counts == {"stripe_events": 3, "webhook_failures": 1}
     assert outcome.batches == 4  # three of one row each, then an empty one
     run = await conn.fetchrow("select * from public.cleanup_runs where id = $1", outcome.run_id)
@@ -68,19 +69,19 @@ async def test_batches_are_small_and_the_run_is_recorded_with_its_counts(conn, d
 
 async def test_a_run_stops_at_its_time_limit_and_the_next_one_goes_on(conn, db_url, story):
     s = make_settings(db_url, cleanup={"batch_size": 1, "pause_seconds": 0})
-    first = await cleanup.run(s, "stripe_events", max_seconds=0)
+    first = await retention.run(s, "stripe_events", max_seconds=0)
     assert first.status == "ok" and first.batches == 1 and "time limit" in first.note
     assert first.counts["stripe_events"] == 1
-    second = await cleanup.run(s, "stripe_events")
+    second = await retention.run(s, "stripe_events")
     assert first.counts["stripe_events"] + second.counts["stripe_events"] == 3
 
 
 async def test_the_dry_run_counts_exactly_what_the_run_deletes_and_deletes_nothing(conn, settings, story):
     for job in ("stripe_events", "webhook_failures"):
         before = (await remaining(conn), await remaining(conn, "webhook_failures"))
-        preview = await cleanup.preview(conn, settings, job)
+        preview = await retention.preview(conn, settings, job)
         assert (await remaining(conn), await remaining(conn, "webhook_failures")) == before
-        assert preview.counts == (await cleanup.run(settings, job)).counts
+        assert preview.counts == (await retention.run(settings, job)).counts
     assert await conn.fetchval("select count(*) from public.cleanup_runs") == 2
 
 
@@ -89,7 +90,7 @@ async def test_failure_history_goes_30_days_after_the_event_succeeded_and_the_ev
     recent = await event(conn, "ok", 40, 29, {"resolved": 29})
     dead = await event(conn, "error", 200, failure={"dead": 100})
     retrying = await event(conn, "error", 200, failure={"retry_in": 5})
-    outcome = await cleanup.run(settings, "webhook_failures")
+    outcome = await retention.run(settings, "webhook_failures")
     assert outcome.counts == {"webhook_failures": 1}
     assert await remaining(conn, "webhook_failures") == {recent, dead, retrying}
     assert await remaining(conn) == {old, recent, dead, retrying}
@@ -105,8 +106,8 @@ async def test_rate_limit_log_after_7_days_and_buckets_idle_for_30(conn, setting
            select 'search', 'user:' || d, 1, now() - make_interval(days => d), now() - make_interval(days => d)
            from unnest(array[31, 29]) d"""
     )
-    assert (await cleanup.preview(conn, settings, "rate_limit")).counts == {"rate_limit_log": 2, "rate_limit_buckets": 1}
-    outcome = await cleanup.run(settings, "rate_limit")
+    assert (await retention.preview(conn, settings, "rate_limit")).counts == {"rate_limit_log": 2, "rate_limit_buckets": 1}
+    outcome = await retention.run(settings, "rate_limit")
     assert outcome.counts == {"rate_limit_log": 2, "rate_limit_buckets": 1}
     assert await conn.fetchval("select count(*) from public.rate_limit_log") == 1
     assert [r["bucket_key"] for r in await conn.fetch("select bucket_key from public.rate_limit_buckets")] == ["user:29"]
@@ -121,8 +122,8 @@ async def test_soft_deleted_content_goes_after_90_days_when_the_guard_allows(con
     for kind, content_id, days in (("bundle", holder, 91), ("neuron", old, 91), ("neuron", recent, 89), ("neuron", bought, 91)):
         await content.backdate(conn, kind, content_id, days)
     expected = {"bundles": 1, "neurons": 1, "bundle_neurons": 1}
-    assert (await cleanup.preview(conn, settings, "deleted_content")).counts == expected
-    assert (await cleanup.run(settings, "deleted_content")).counts == expected
+    assert (await retention.preview(conn, settings, "deleted_content")).counts == expected
+    assert (await retention.run(settings, "deleted_content")).counts == expected
     assert {r["id"] for r in await conn.fetch("select id from public.neurons")} == {recent, bought}
 
 
@@ -130,7 +131,7 @@ async def test_retention_days_come_from_the_settings(conn, db_url):
     young = await event(conn, "ok", 10, 10)
     older = await event(conn, "ok", 20, 20)
     s = make_settings(db_url, cleanup={"stripe_events_days": 15})
-    assert (await cleanup.run(s, "stripe_events")).counts["stripe_events"] == 1
+    assert (await retention.run(s, "stripe_events")).counts["stripe_events"] == 1
     assert await remaining(conn) == {young}
     assert older not in await remaining(conn)
 
@@ -140,17 +141,16 @@ async def test_retention_days_come_from_the_settings(conn, db_url):
 SLOT_MS = 1_790_000_000_000
 
 
-def cron_ctx(settings) -> dict:
-    """What arq hands a unique cron job: its id is <name>:<scheduled time in ms>."""
-    return {"settings": settings, "job_id": f"cleanup:stripe_events:{SLOT_MS}"}
+SLOT = dt.datetime.fromtimestamp(SLOT_MS / 1000, dt.UTC)
 
 
 async def test_two_workers_racing_for_one_cron_slot_run_it_once(conn, settings, story):
-    run_cron = cleanup._cron_function("stripe_events")
-    results = await asyncio.gather(run_cron(cron_ctx(settings)), run_cron(cron_ctx(settings)))
+    [cron] = [c for c in cleanup.schedules(settings) if c.name == "cleanup:stripe_events"]
+    ctx = {"settings": settings}
+    results = await asyncio.gather(cron.run(ctx, SLOT), cron.run(ctx, SLOT))
     assert sorted(r["status"] for r in results) == ["ok", "refused"]
     # Later, a worker whose clock lags enqueues the same slot again: still refused.
-    late = await run_cron(cron_ctx(settings))
+    late = await cron.run(ctx, SLOT)
     assert late["status"] == "refused" and "ran already" in late["note"]
     runs = await conn.fetch("select slot, status, counts from public.cleanup_runs")
     assert len(runs) == 1 and runs[0]["status"] == "ok"
@@ -178,12 +178,12 @@ async def test_a_run_in_progress_holds_its_lease_and_a_killed_one_is_closed_as_a
         assert run_id is not None and refused is None
     finally:
         await holder.close()  # the call is over, and its connection: nothing is held by a session
-    outcome = await cleanup.run(settings, "stripe_events")
+    outcome = await retention.run(settings, "stripe_events")
     assert outcome.status == "refused" and "in progress" in outcome.note and f"run {run_id}" in outcome.note
     assert len(await remaining(conn)) == 13
     # The holder died without finishing: its lease runs out, and the next run takes over.
     await conn.execute("update public.cleanup_runs set lease_until = now() - interval '1 second' where id = $1", run_id)
-    outcome = await cleanup.run(settings, "stripe_events")
+    outcome = await retention.run(settings, "stripe_events")
     assert outcome.status == "ok" and outcome.counts["stripe_events"] == 3
     killed = await conn.fetchrow("select status, error, finished_at from public.cleanup_runs where id = $1", run_id)
     assert killed["status"] == "abandoned" and killed["finished_at"] is not None
@@ -201,7 +201,7 @@ async def test_a_lease_taken_through_the_api_ends_with_its_call(conn, db_url, se
             run_id, _ = await pooled.fetchrow(db.queries["cleanup_begin"], "rate_limit", None, "api", 1)
             await pooled.fetch(db.queries["cleanup_finish"], run_id, None)
         assert await pooled.fetchval("select count(*) from pg_locks where pid = pg_backend_pid() and locktype = 'advisory'") == 0
-        assert (await cleanup.run(settings, "rate_limit")).status == "ok"
+        assert (await retention.run(settings, "rate_limit")).status == "ok"
     finally:
         await pooled.close()
 
@@ -232,7 +232,7 @@ def test_settings_refuse_a_retention_below_the_floor(db_url):
 async def test_a_cancelled_run_is_closed_as_an_error_with_its_exact_counts_and_frees_the_lock(conn, db_url, story):
     # What arq does at a job timeout or a worker stopping: cancel the task, here during a pause.
     s = make_settings(db_url, cleanup={"batch_size": 1, "pause_seconds": 5})
-    task = asyncio.create_task(cleanup.run(s, "stripe_events"))
+    task = asyncio.create_task(retention.run(s, "stripe_events"))
     await wait_for(lambda: conn.fetchval("select batches = 1 from public.cleanup_runs"))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -240,7 +240,7 @@ async def test_a_cancelled_run_is_closed_as_an_error_with_its_exact_counts_and_f
     run = await conn.fetchrow("select status, error, counts from public.cleanup_runs")
     assert run["status"] == "error" and run["error"].startswith("cancelled")
     assert json.loads(run["counts"])["stripe_events"] == 13 - len(await remaining(conn)) == 1
-    assert (await cleanup.run(make_settings(db_url), "stripe_events")).status == "ok"
+    assert (await retention.run(make_settings(db_url), "stripe_events")).status == "ok"
 
 
 async def test_a_failing_batch_is_recorded_as_an_error(conn, db_url, settings, story):
@@ -250,7 +250,7 @@ async def test_a_failing_batch_is_recorded_as_an_error(conn, db_url, settings, s
            begin raise exception 'deletes refused for the test'; end $$"""
     )
     await conn.execute("create trigger refuse before delete on public.stripe_events for each row execute function pg_temp.refuse()")
-    outcome = await cleanup.run(settings, "stripe_events")
+    outcome = await retention.run(settings, "stripe_events")
     assert outcome.status == "error" and "deletes refused" in outcome.note
     run = await conn.fetchrow("select status, error from public.cleanup_runs where id = $1", outcome.run_id)
     assert run["status"] == "error" and "deletes refused" in run["error"]
@@ -262,7 +262,7 @@ async def test_deletions_are_counted_in_metrics_by_table(conn, settings, story):
         return REGISTRY.get_sample_value("aipt_cleanup_deleted_rows_total", {"table": table}) or 0
 
     before = {t: deleted(t) for t in ("stripe_events", "webhook_failures")}
-    await cleanup.run(settings, "stripe_events")
+    await retention.run(settings, "stripe_events")
     assert {t: deleted(t) - before[t] for t in before} == {"stripe_events": 3, "webhook_failures": 1}
 
 
@@ -273,10 +273,10 @@ def test_each_job_is_a_unique_daily_cron_at_its_setting_and_off_disables_it(db_u
     crons = {c.name: c for c in cleanup.schedules(s)}
     assert set(crons) == {"cleanup:stripe_events", "cleanup:webhook_failures", "cleanup:deleted_content"}
     c = crons["cleanup:stripe_events"]
-    assert (c.hour, c.minute, c.second, c.unique) == ({2}, {5}, {0}, True)
-    # arq holds every job's claim for the longest timeout + 10 s: a cron must not lengthen it.
-    assert c.timeout_s == s.queue.job_timeout_seconds
-    assert cleanup.time_limit(s) <= s.queue.job_timeout_seconds - 5
+    assert (c.daily_at, c.every_seconds) == ((2, 5), None)
+    # The queue holds every job's claim for the longest timeout + 10 s: a cron must not lengthen it.
+    assert c.timeout == s.queue.job_timeout_seconds
+    assert retention.time_limit(s) <= s.queue.job_timeout_seconds - 5
 
 
 @pytest.mark.parametrize("role", ["anon", "authenticated"])

@@ -8,7 +8,7 @@ import pytest
 
 from aipt import fixtures
 from tests.billing import LEGACY_CUSTOMER, USER, billing_state, seed_catalogue, status, store, variant
-from worker.counters import Tally
+from aipt.queue import Tally
 from worker.consume import consume_event
 
 STORY = [  # the current-api fixtures in the order Stripe created them

@@ -12,11 +12,11 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from aipt import fixtures, status as health
+from aipt import fixtures, health
 from ingest.app import create_app
 from tests.billing import LEGACY_CUSTOMER, USER, seed_catalogue
 from tests.conftest import make_settings, post_event, run_worker
-from worker import cleanup
+from aipt import retention
 
 
 def as_login(url: str, login: str, **query: str) -> str:
@@ -77,6 +77,6 @@ async def test_the_whole_pipeline_runs_as_the_deploy_role(conn, app_url, redis):
     assert await conn.fetchval("select status from public.stripe_events where id = $1", stranger["id"]) == "ok"
     report = await health.gather(s)
     assert report["postgres"] == "ok" and report["events"]["dead"] == 0
-    outcome = await cleanup.run(s, "rate_limit")
+    outcome = await retention.run(s, "rate_limit")
     assert outcome.status == "ok", outcome.note
     assert json.loads(await conn.fetchval("select counts from public.cleanup_runs where id = $1", outcome.run_id)) == outcome.counts

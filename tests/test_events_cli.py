@@ -9,7 +9,7 @@ from tests.billing import LEGACY_CUSTOMER, USER, seed_catalogue, status, store, 
 from tests.conftest import wait_for
 from tests.ops import live_worker
 from worker.consume import consume_event
-from worker.counters import Tally
+from aipt.queue import Tally
 
 SUB = "subscription_created"  # legacy: names only its customer, so it fails while the customer is unknown
 
@@ -29,8 +29,8 @@ async def consume(s, redis, event_id: str, attempt: int = 1) -> str:
     """One run of the consume job, as the worker would run it for that attempt."""
     pool = await db.create_pool(s, min_size=0)
     try:
-        ctx = {"settings": s, "pool": pool, "redis": redis, "tally": Tally(), "job_id": queue.job_id(event_id, attempt)}
-        return await consume_event(ctx, event_id)
+        ctx = {"settings": s, "pool": pool, "redis": redis, "tally": Tally()}
+        return await consume_event(ctx, event_id, attempt)
     finally:
         await pool.close()
 

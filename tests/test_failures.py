@@ -276,9 +276,9 @@ def test_a_retry_job_that_looks_twice_across_its_time_still_runs():
     that retry, on time, and must run again at once rather than be dropped (it was, once, in CI)."""
     from worker.consume import _early_retry
 
-    ctx = {"job_id": queue.job_id("evt_x", 2)}
-    assert _early_retry(ctx, {"status": "error", "retry_in": -0.0004, "failures": 1})
-    assert _early_retry(ctx, {"status": "error", "retry_in": 0.25, "failures": 1})
-    assert not _early_retry(ctx, {"status": "error", "retry_in": None, "failures": 1})  # dead: no retry set
-    assert not _early_retry(ctx, {"status": "error", "retry_in": -0.0004, "failures": 2})  # a stale job
-    assert not _early_retry(ctx, {"status": "ok", "retry_in": None, "failures": 1})
+    assert _early_retry(2, {"status": "error", "retry_in": -0.0004, "failures": 1})
+    assert _early_retry(2, {"status": "error", "retry_in": 0.25, "failures": 1})
+    assert not _early_retry(2, {"status": "error", "retry_in": None, "failures": 1})  # dead: no retry set
+    assert not _early_retry(2, {"status": "error", "retry_in": -0.0004, "failures": 2})  # a stale job
+    assert not _early_retry(2, {"status": "ok", "retry_in": None, "failures": 1})
+    assert not _early_retry(None, {"status": "error", "retry_in": 0.25, "failures": 1})  # a job from before attempts

@@ -13,7 +13,7 @@ from aipt import settings as settings_mod
 from ingest.app import create_app
 from tests.billing import seed_catalogue, store
 from tests.conftest import make_settings, post_event
-from worker.counters import Tally
+from aipt.queue import Tally
 from worker.consume import consume_event
 
 

@@ -12,7 +12,7 @@ from aipt import fixtures, metrics, queue
 from tests.billing import seed_catalogue, store
 from tests.conftest import captured_logs, make_settings, post_event, run_worker, wait_for
 from tests.ops import event, live_worker
-from worker.counters import Tally
+from aipt.queue import Tally
 from worker import gauges
 from worker.consume import consume_event
 
@@ -118,12 +118,12 @@ async def test_every_log_line_about_an_event_carries_id_type_attempt_and_duratio
     ctx = {"settings": settings.model_copy(update={"retry": settings.retry.model_copy(update={"attempts": 2})}),
            "pool": pool, "redis": redis, "tally": Tally()}
     with captured_logs() as logs:
-        await consume_event({**ctx, "job_id": f"stripe:{ok['id']}:1"}, ok["id"])  # applied
-        await consume_event({**ctx, "job_id": f"stripe:{ok['id']}:1"}, ok["id"])  # not due: done
-        await consume_event({**ctx, "job_id": f"stripe:{failing['id']}:1"}, failing["id"])  # retry scheduled
+        await consume_event(ctx, ok["id"], 1)  # applied
+        await consume_event(ctx, ok["id"], 1)  # not due: done
+        await consume_event(ctx, failing["id"], 1)  # retry scheduled
         await conn.execute("update public.webhook_failures set next_retry = now()")
-        await consume_event({**ctx, "job_id": f"stripe:{failing['id']}:2"}, failing["id"])  # dead
-        await consume_event({**ctx, "job_id": "stripe:evt_gone:1"}, "evt_gone")  # no such event
+        await consume_event(ctx, failing["id"], 2)  # dead
+        await consume_event(ctx, "evt_gone", 1)  # no such event
     about_events = [e for e in logs if "event_id" in e]
     assert {e["event"] for e in about_events} >= {
         "event ok", "event not due (done, dead, or its retry is later)", "event failed; retry scheduled",

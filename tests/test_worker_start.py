@@ -1,4 +1,4 @@
-"""worker.start.Worker claims a job in one script: it must mean exactly what arq's WATCH/MULTI claim means."""
+"""aipt.queue.runner.Worker claims a job in one script: it must mean exactly what arq's WATCH/MULTI claim means."""
 
 import asyncio
 import uuid
@@ -10,7 +10,7 @@ from arq.constants import in_progress_key_prefix
 
 from aipt import queue
 from tests.conftest import make_settings
-from worker.start import Worker
+from aipt.queue.runner import Worker
 
 
 @pytest.fixture

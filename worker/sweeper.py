@@ -10,14 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from arq import cron
-
 from aipt import db, queue
 from aipt.logs import log
 from aipt.settings import Settings
 
 
-async def sweep(ctx: dict) -> int:
+async def sweep(ctx: dict, slot=None) -> int:
     settings: Settings = ctx["settings"]
     started = time.perf_counter()
     try:
@@ -40,11 +38,7 @@ async def sweep(ctx: dict) -> int:
     return enqueued
 
 
-def schedule(settings: Settings):
-    """An arq cron for the sweep, every `sweeper.every_seconds`, also right at start-up."""
-    every = settings.sweeper.every_seconds
-    if every < 60:
-        when = dict(second=set(range(0, 60, every)))
-    else:
-        when = dict(minute=set(range(0, 60, every // 60)), second={0})
-    return cron(sweep, name="sweeper", run_at_startup=True, unique=True, timeout=settings.queue.job_timeout_seconds, **when)
+def schedule(settings: Settings) -> queue.Cron:
+    """The sweep, every `sweeper.every_seconds`, also right at start-up."""
+    return queue.Cron("sweeper", sweep, timeout=settings.queue.job_timeout_seconds,
+                      every_seconds=settings.sweeper.every_seconds, at_startup=True)

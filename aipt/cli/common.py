@@ -55,9 +55,10 @@ def _read_dev_env(keys: tuple[str, ...]) -> None:
     """Use what `aipt dev` wrote in this folder for the named variables the environment does not set."""
     path = dev_file()
     if keys and path.exists():
-        for line in path.read_text().splitlines():
-            key, _, value = line.partition("=")
-            if key in keys and key not in os.environ:
+        from dotenv import dotenv_values  # pydantic-settings' own dotenv reader
+
+        for key, value in dotenv_values(path).items():
+            if key in keys and key not in os.environ and value is not None:
                 os.environ[key] = value
                 from_dev.add(key)
 
@@ -157,7 +158,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, dt.timedelta):
-        from aipt.status import age
+        from aipt.health import age
 
         return age(value.total_seconds())
     if isinstance(value, (list, tuple)):

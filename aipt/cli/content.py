@@ -49,15 +49,16 @@ async def resolve(conn, words: list[str]):
     return kind, content_id
 
 
-def change(words: list[str], query: str, *args, done: str, unchanged: str) -> None:
-    """Run one state-changing function and say what happened; a refusal is an error (exit 1)."""
+def change(words: list[str], queries: dict[str, str], *args, done: str, unchanged: str) -> None:
+    """Run one state-changing function (`queries`: its query name by kind) and say what happened; a refusal
+    is an error (exit 1)."""
 
     async def main() -> None:
         from aipt import db
 
         async with common.connection() as conn:
             kind, content_id = await resolve(conn, words)
-            changed = await conn.fetchval(db.queries[f"{query}_{kind}"], content_id, *args)
+            changed = await conn.fetchval(db.queries[queries[kind]], content_id, *args)
         message = done if changed else unchanged
         common.console.print(message.format(kind=kind, id=content_id), highlight=False, soft_wrap=True)
 
@@ -73,7 +74,8 @@ def guard(target: list[str] = TARGET, as_json: bool = JSON) -> None:
 
         async with common.connection() as conn:
             kind, content_id = await resolve(conn, target)
-            row = await conn.fetchrow(db.queries[f"content_guard_{kind}"], content_id)
+            guard = {"neuron": db.queries["content_guard_neuron"], "bundle": db.queries["content_guard_bundle"]}[kind]
+            row = await conn.fetchrow(guard, content_id)
         record = {"kind": kind, "id": str(content_id), **row}
         if as_json:
             common.print_json(record)  # one thing: one object
@@ -90,7 +92,7 @@ def soft_delete(
 ) -> None:
     """Hide the content (and take its bundle links down) if the guard allows; restorable for 90 days."""
     change(
-        target, "content_soft_delete", reason,
+        target, {"neuron": "content_soft_delete_neuron", "bundle": "content_soft_delete_bundle"}, reason,
         done="soft-deleted {kind} {id}", unchanged="{kind} {id} was already deleted: nothing changed",
     )  # fmt: skip
 
@@ -99,7 +101,7 @@ def soft_delete(
 def restore(target: list[str] = TARGET) -> None:
     """Bring soft-deleted content back, with the links its delete took down."""
     change(
-        target, "content_restore", done="restored {kind} {id}", unchanged="{kind} {id} is not deleted: nothing changed"
+        target, {"neuron": "content_restore_neuron", "bundle": "content_restore_bundle"}, done="restored {kind} {id}", unchanged="{kind} {id} is not deleted: nothing changed"
     )
 
 
@@ -107,7 +109,7 @@ def restore(target: list[str] = TARGET) -> None:
 def hard_delete(target: list[str] = TARGET) -> None:
     """Remove content for good: only 90 days after its soft delete, and only if the guard still allows."""
     change(
-        target, "content_hard_delete",
+        target, {"neuron": "content_hard_delete_neuron", "bundle": "content_hard_delete_bundle"},
         done="hard-deleted {kind} {id}", unchanged="{kind} {id} was hard-deleted already: nothing changed",
     )  # fmt: skip
 

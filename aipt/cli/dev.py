@@ -299,23 +299,22 @@ def _ready(s, env: dict[str, str], children: list[subprocess.Popen], stopped) ->
 
     async def serving() -> bool:
         import httpx
-        import redis.asyncio as aioredis
 
         from aipt import queue
 
         url = f"http://127.0.0.1:{s.port}/readyz"
-        r = aioredis.from_url(env["REDIS_URL"], socket_connect_timeout=1, socket_timeout=1)
+        redis = queue.connect(s.model_copy(update={"redis_url": env["REDIS_URL"]}))
         deadline = time.monotonic() + READY_SECONDS
         try:
             async with httpx.AsyncClient(timeout=1) as client:
                 while time.monotonic() < deadline and all(c.poll() is None for c in children) and not stopped():
                     with contextlib.suppress(Exception):
                         web_ok = (await client.get(url)).status_code == 200
-                        if web_ok and await r.exists(queue.health_check_key(s)):
+                        if web_ok and (await queue.heartbeat(redis, queue.health_check_key(s)))[0] is not None:
                             return True
                     await asyncio.sleep(0.1)
         finally:
-            await r.aclose()
+            await queue.close(redis)
         return False
 
     if not asyncio.run(serving()):

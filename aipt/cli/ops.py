@@ -33,7 +33,7 @@ def _cron_line(name: str, run: dict | None) -> str:
 def _print_report(report: dict) -> None:
     from rich.table import Table
 
-    from aipt.status import age
+    from aipt.health import age
 
     out = common.console
     verdict = "[green]healthy[/green]" if report["healthy"] else "[red bold]NEEDS ATTENTION[/red bold]"
@@ -78,7 +78,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="The report as one
     """Queue, workers, events, dead letters and crons. Exit 0 when healthy, 1 when something needs attention."""
 
     async def main() -> dict:
-        from aipt import status as health
+        from aipt import health
 
         try:
             s = common.load_settings()
@@ -114,18 +114,17 @@ def cleanup(
         import os
         import socket
 
-        from aipt import db
-        from worker import cleanup as cleanups
+        from aipt import db, retention
 
         s = common.load_settings()
         if dry_run:
             async with common.connection() as conn:
-                return [await cleanups.preview(conn, s, job) for job in chosen]
+                return [await retention.preview(conn, s, job) for job in chosen]
         by = f"cli:{socket.gethostname()}:{os.getpid()}"
         outcomes = []
         for job in chosen:
             try:
-                outcomes.append(await cleanups.run(s, job, run_by=by, max_seconds=max_seconds))
+                outcomes.append(await retention.run(s, job, run_by=by, max_seconds=max_seconds))
             except db.DatabaseError as exc:
                 raise common.CommandError(str(exc)) from None
         return outcomes
@@ -134,7 +133,7 @@ def cleanup(
     if as_json:
         common.print_json([o.as_dict() for o in outcomes])
     else:
-        from worker.cleanup import describe
+        from aipt.retention import describe
 
         for o in outcomes:
             common.console.print(describe(o), highlight=False)

@@ -18,9 +18,7 @@ def web(
     """Serve the webhook endpoint (uvicorn, uvloop + httptools)."""
 
     def main() -> None:
-        import uvicorn
-
-        from ingest.http import protocol_for
+        from aipt import runtime
 
         # Never from `aipt dev`'s file: a web started in that folder must not pick up its public secret.
         s = common.load_settings(dev_env=())
@@ -29,11 +27,7 @@ def web(
             raise common.CommandError(
                 "STRIPE_WEBHOOK_SECRET holds the public development secret of `aipt dev`: anyone could sign "
                 "events with it. Set the signing secret of your Stripe endpoint (whsec_..., in the dashboard).")
-        uvicorn.run(
-            "ingest.app:create_app", factory=True, host="127.0.0.1" if dev else s.web.host, port=s.port,
-            loop="uvloop", http=protocol_for(s.web), access_log=False, log_config=None, lifespan="on",
-            timeout_keep_alive=s.web.keepalive_timeout_seconds, limit_concurrency=s.web.max_connections,
-        )
+        runtime.run_web(s, host="127.0.0.1" if dev else None)
 
     common.run(main)
 
@@ -42,9 +36,9 @@ def worker() -> None:
     """Apply events from the queue and run the scheduled jobs (sweeper, cleanups)."""
 
     def main() -> None:
-        from worker.main import run
+        from aipt import runtime
 
-        run(common.load_settings(dev_env=()))
+        runtime.run_worker(common.load_settings(dev_env=()))
 
     common.run(main)
 

@@ -1,8 +1,8 @@
-"""The worker's own tally of what its jobs did, per minute: applied, failed, retried, dead.
+"""A worker's own tally of what its jobs did, per minute (applied, failed, retried, dead for events).
 
-arq's heartbeat counts jobs that raised; ours never do (a failed event is recorded in Postgres and
-the job ends normally), so arq would say 0 failures after many. The tally is this worker's last hour
-for its heartbeat line, and is added to per-minute hashes in Redis that `aipt status` sums across
+arq's heartbeat counts jobs that raised; ours never do (a failed event is recorded in Postgres and the
+job ends normally), so arq would say 0 failures after many. The runner writes this worker's last hour
+in its heartbeat line and adds the counts to per-minute hashes in Redis that `aipt status` sums over
 every worker.
 """
 
@@ -24,13 +24,8 @@ class Tally:
         self._minutes: dict[int, Counter] = {}
         self._unsent: dict[int, Counter] = {}
 
-    def note(self, outcome: str, attempt: int | None) -> None:
-        """Count one job's outcome (ok/skipped: applied; retry: failed; dead: failed and dead)."""
-        kinds = {"ok": ["applied"], "skipped": ["applied"], "retry": ["failed"], "dead": ["failed", "dead"]}.get(outcome)
-        if not kinds:
-            return  # not due, duplicate, missing: nothing ran
-        if attempt and attempt > 1:
-            kinds = [*kinds, "retried"]
+    def count(self, *kinds: str) -> None:
+        """Count one of each kind now."""
         minute = _minute()
         for book in (self._minutes, self._unsent):
             book.setdefault(minute, Counter()).update(kinds)

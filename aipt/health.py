@@ -1,4 +1,4 @@
-"""`aipt status`: is money flowing? One look at Postgres and Redis, and what needs attention.
+"""Health, as `aipt status` reports it: is money flowing? One look at Postgres and Redis, and what needs attention.
 
 Each side is probed on its own with a short timeout, so a Redis or Postgres outage is reported (and
 makes the check fail) instead of hanging or hiding the other side. Reads only: index-backed queries

@@ -1,7 +1,7 @@
-"""The doorbell: everything that knows about arq and Redis lives here, so the queue can be swapped.
+"""The producer side: ring for events, and read what the queue says (depth, heartbeat, counts, crons).
 
-Postgres holds the events; a job only says "look at event X now". Job ids are derived from the event
-id and the attempt number, so the same ring twice is one job, while a retry is a new one.
+Job ids are derived from the event id and the attempt number, so the same ring twice is one job, while
+a retry is a new one. The attempt also travels as the job's argument: the job never parses its id.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import time
 
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 from arq.constants import expires_extra_ms, in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import ConnectionPool
@@ -21,11 +21,6 @@ from aipt.logs import log
 from aipt.settings import Settings
 
 CONSUME = "consume_event"
-
-
-def redis_settings(settings: Settings) -> RedisSettings:
-    settings.require("redis_url")
-    return RedisSettings.from_dsn(settings.redis_url)
 
 
 def connect(settings: Settings) -> ArqRedis:
@@ -45,7 +40,7 @@ def job_id(event_id: str, attempt: int) -> str:
 async def enqueue_event(redis: ArqRedis, event_id: str, attempt: int = 1, at: dt.datetime | None = None) -> bool:
     """Ring for one attempt of an event; False when that attempt is already queued or running."""
     jid = job_id(event_id, attempt)
-    if await redis.enqueue_job(CONSUME, event_id, _job_id=jid, _defer_until=at) is not None:
+    if await redis.enqueue_job(CONSUME, event_id, attempt, _job_id=jid, _defer_until=at) is not None:
         return True
     # arq refused: the job key exists. If the queue lost the job (evicted, partly flushed) and no
     # worker holds it, that key is an orphan that would block this event for a day: clear it.
@@ -53,7 +48,7 @@ async def enqueue_event(redis: ArqRedis, event_id: str, attempt: int = 1, at: dt
     if queued or await redis.exists(in_progress_key_prefix + jid):
         return False
     await redis.delete(job_key_prefix + jid)
-    return await redis.enqueue_job(CONSUME, event_id, _job_id=jid, _defer_until=at) is not None
+    return await redis.enqueue_job(CONSUME, event_id, attempt, _job_id=jid, _defer_until=at) is not None
 
 
 async def ring_now(redis: ArqRedis, event_id: str, attempt: int) -> bool:
@@ -66,6 +61,12 @@ async def ring_now(redis: ArqRedis, event_id: str, attempt: int) -> bool:
 
 async def queue_depth(redis: ArqRedis) -> int:
     return await redis.zcard(redis.default_queue_name)
+
+
+def claim_seconds(settings: Settings) -> float:
+    """How long the queue keeps a job claimed by a worker that died mid-job before another may run it:
+    arq holds its in-progress key for the longest job timeout + 10 s."""
+    return settings.queue.job_timeout_seconds + 10
 
 
 def health_check_key(settings: Settings) -> str:
@@ -151,7 +152,7 @@ async def enqueue_first_attempts(redis: ArqRedis, event_ids: list[str]) -> None:
     now_ms = int(time.time() * 1000)
     argv: list = [expires_extra_ms, job_key_prefix, result_key_prefix, now_ms]
     for event_id in event_ids:
-        argv += [job_id(event_id, 1), serialize_job(CONSUME, (event_id,), {}, None, now_ms)]
+        argv += [job_id(event_id, 1), serialize_job(CONSUME, (event_id, 1), {}, None, now_ms)]
     await redis.eval(_ENQUEUE_MANY, 1, redis.default_queue_name, *argv)
 
 
