@@ -31,9 +31,13 @@ async def post(settings: Settings, text: str) -> bool:
                     response = await client.post(settings.alert_webhook_url, json={"text": text})
                     response.raise_for_status()
         return True
-    except Exception as exc:  # noqa: BLE001 - an alert that cannot be sent must not stop the caller
-        log.error("alert not delivered", error=_without_url(exc, settings.alert_webhook_url),
-                  alert_host=urlsplit(settings.alert_webhook_url).hostname, alert=text)
+    except Exception as exc:
+        log.error(
+            "alert not delivered",
+            error=_without_url(exc, settings.alert_webhook_url),
+            alert_host=urlsplit(settings.alert_webhook_url).hostname,
+            alert=text,
+        )
         return False
 
 

@@ -43,11 +43,15 @@ async def _redis_side(settings: Settings, report: dict) -> None:
         async with asyncio.timeout(PROBE_SECONDS):
             report["queue"]["depth"] = await queue.queue_depth(redis)
             beat, left = await queue.heartbeat(redis, queue.health_check_key(settings))
-            report["workers"].update(alive=beat is not None, heartbeat=beat, expires_in_seconds=left,
-                                     last_hour=await queue.counts_last_hour(redis))
+            report["workers"].update(
+                alive=beat is not None,
+                heartbeat=beat,
+                expires_in_seconds=left,
+                last_hour=await queue.counts_last_hour(redis),
+            )
             report["crons"]["sweeper"] = await queue.last_cron_run(redis, "sweeper")
         report["redis"] = "ok"
-    except Exception as exc:  # noqa: BLE001 - any failure is the finding
+    except Exception as exc:
         report["redis"] = _down(exc)
     finally:
         if redis is not None:
@@ -66,21 +70,25 @@ async def _postgres_side(settings: Settings, report: dict) -> None:
             finally:
                 await conn.close()
         report["postgres"] = "ok"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         report["postgres"] = _down(exc)
         return
     events = report["events"]
     events["last_hour"] = {r["status"]: r["last_hour"] for r in by_status if r["last_hour"]}
     events["last_day"] = {r["status"]: r["last_day"] for r in by_status}
-    events.update(dead=gauges["dead"], retrying=gauges["retrying"], oldest_pending_seconds=gauges["oldest_pending_seconds"])
+    events.update(
+        dead=gauges["dead"], retrying=gauges["retrying"], oldest_pending_seconds=gauges["oldest_pending_seconds"]
+    )
     events["modes_last_day"] = {"live": modes["live"], "test": modes["test"]}
     for job in CLEANUP_JOBS:
         run, entry = runs.get(job), {"schedule": getattr(settings.cleanup, f"{job}_at"), "status": "never ran"}
         if run is not None:
             entry.update(
-                status=run["status"], started_at=run["started_at"].isoformat(),
+                status=run["status"],
+                started_at=run["started_at"].isoformat(),
                 finished_at=run["finished_at"] and run["finished_at"].isoformat(),
-                counts=json.loads(run["counts"]), error=run["error"],
+                counts=json.loads(run["counts"]),
+                error=run["error"],
             )
         report["crons"][f"cleanup:{job}"] = entry
 
@@ -89,18 +97,24 @@ def _warnings(settings: Settings, report: dict) -> list[str]:
     """Worth a look, but nothing is failing: the report stays healthy."""
     modes = report["events"].get("modes_last_day") or {}
     if modes.get("live") and modes.get("test"):
-        return [f"events of both modes arrived in the last day ({modes['live']} live, {modes['test']} test): is a "
-                f"test-mode secret configured beside the live one? [stripe] accepted_modes is "
-                f"{settings.stripe.accepted_modes!r}"]
+        return [
+            f"events of both modes arrived in the last day ({modes['live']} live, {modes['test']} test): is a "
+            f"test-mode secret configured beside the live one? [stripe] accepted_modes is "
+            f"{settings.stripe.accepted_modes!r}"
+        ]
     return []
 
 
 def _attention(settings: Settings, report: dict) -> list[str]:
     needs: list[str] = []
     if report["postgres"] != "ok":
-        needs.append(f"Postgres is unreachable ({report['postgres'].removeprefix('down: ')}): ingest answers 503 and nothing is applied")
+        needs.append(
+            f"Postgres is unreachable ({report['postgres'].removeprefix('down: ')}): ingest answers 503 and nothing is applied"
+        )
     if report["redis"] != "ok":
-        needs.append(f"Redis is unreachable ({report['redis'].removeprefix('down: ')}): events are stored but not consumed until it is back")
+        needs.append(
+            f"Redis is unreachable ({report['redis'].removeprefix('down: ')}): events are stored but not consumed until it is back"
+        )
     elif not report["workers"]["alive"]:
         needs.append(
             f"no live worker: no heartbeat at {report['workers']['key']} "
@@ -108,8 +122,10 @@ def _attention(settings: Settings, report: dict) -> list[str]:
         )
     events = report["events"]
     if events.get("dead"):
-        needs.append(f"{events['dead']} dead event(s) need an operator: `aipt dlq list`; fix the cause and "
-                     f"`aipt dlq requeue`, or `aipt dlq discard --reason ...` one that must not apply (docs/operations.md)")
+        needs.append(
+            f"{events['dead']} dead event(s) need an operator: `aipt dlq list`; fix the cause and "
+            f"`aipt dlq requeue`, or `aipt dlq discard --reason ...` one that must not apply (docs/operations.md)"
+        )
     oldest = events.get("oldest_pending_seconds")
     if oldest is not None and oldest > settings.status.pending_max_age_seconds:
         needs.append(
@@ -132,8 +148,13 @@ async def gather(settings: Settings) -> dict[str, Any]:
         "postgres": "unknown",
         "redis": "unknown",
         "queue": {"name": settings.queue.name, "depth": None},
-        "workers": {"key": queue.health_check_key(settings), "alive": None, "heartbeat": None, "expires_in_seconds": None,
-                    "last_hour": None},
+        "workers": {
+            "key": queue.health_check_key(settings),
+            "alive": None,
+            "heartbeat": None,
+            "expires_in_seconds": None,
+            "last_hour": None,
+        },
         "events": {"last_hour": {}, "last_day": {}, "oldest_pending_seconds": None, "dead": None, "retrying": None},
         "crons": {"sweeper": None},
     }

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import REGISTRY, CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 
 # --- web: ingest ---------------------------------------------------------------------------------
 WEBHOOKS = Counter("aipt_webhooks_total", "Stripe webhooks received, by outcome.", ["outcome"])
 WEBHOOK_SECONDS = Histogram(
-    "aipt_webhook_duration_seconds", "Time to answer a Stripe webhook.",
+    "aipt_webhook_duration_seconds",
+    "Time to answer a Stripe webhook.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 ENQUEUE_FAILURES = Counter("aipt_enqueue_failures_total", "Accepted events the queue could not be told about.")
@@ -23,19 +32,25 @@ ENQUEUE_FAILURES = Counter("aipt_enqueue_failures_total", "Accepted events the q
 # --- worker: events ------------------------------------------------------------------------------
 EVENTS = Counter("aipt_events_processed_total", "Event attempts by type and outcome.", ["event_type", "outcome"])
 EVENT_SECONDS = Histogram(
-    "aipt_event_processing_seconds", "Time to apply one event attempt.",
+    "aipt_event_processing_seconds",
+    "Time to apply one event attempt.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
 EVENT_ATTEMPTS = Histogram(
-    "aipt_event_attempts", "Which attempt each processed event attempt was (1: the first delivery).",
+    "aipt_event_attempts",
+    "Which attempt each processed event attempt was (1: the first delivery).",
     buckets=(1, 2, 3, 4, 5, 10),
 )
 
 # --- worker: cleanups ----------------------------------------------------------------------------
-CLEANUP_DELETED = Counter("aipt_cleanup_deleted_rows_total", "Rows deleted by the retention cleanups, by table.", ["table"])
+CLEANUP_DELETED = Counter(
+    "aipt_cleanup_deleted_rows_total", "Rows deleted by the retention cleanups, by table.", ["table"]
+)
 CLEANUP_LAST_SUCCESS = Gauge(
-    "aipt_cleanup_last_success_timestamp_seconds", "When a cleanup job last finished without error (Unix time).",
-    ["job"], registry=None,
+    "aipt_cleanup_last_success_timestamp_seconds",
+    "When a cleanup job last finished without error (Unix time).",
+    ["job"],
+    registry=None,
 )
 
 # --- worker: the queue as a whole (refreshed by every worker every metrics.refresh_seconds) -------

@@ -128,8 +128,10 @@ def split(sql: str) -> list[Statement]:
             while j >= 0 and sql.startswith('""', j):
                 j = sql.find('"', j + 2)
             i = n if j < 0 else j + 1
-        elif c == "$" and (m := re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", sql[i:])) and not (
-            i > 0 and (sql[i - 1].isalnum() or sql[i - 1] == "_")
+        elif (
+            c == "$"
+            and (m := re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", sql[i:]))
+            and not (i > 0 and (sql[i - 1].isalnum() or sql[i - 1] == "_"))
         ):
             tag = m.group(0)
             j = sql.find(tag, i + len(tag))
@@ -210,7 +212,9 @@ async def _apply(conn: asyncpg.Connection, migrations: list[Migration]) -> Run:
             if applied[m.name] == m.checksum:
                 continue
             if applied[m.name] in m.replaces:
-                await conn.execute("update public.schema_migrations set checksum = $2 where name = $1", m.name, m.checksum)
+                await conn.execute(
+                    "update public.schema_migrations set checksum = $2 where name = $1", m.name, m.checksum
+                )
                 run.accepted.append(m.name)
                 continue
             raise MigrationError(f"{m.name} was changed after it was applied; put the change in a new file")

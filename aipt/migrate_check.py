@@ -143,7 +143,9 @@ def _diff(before: dict[str, list[tuple]], after: dict[str, list[tuple]], built_b
     for sig in sorted(funcs_b.keys() & funcs_a.keys()):
         b, a = funcs_b[sig], funcs_a[sig]
         if b[1:3] != a[1:3]:
-            report.change.append(f"function {sig}: replaced" + (f" (returns {a[1]}, was {b[1]})" if a[1] != b[1] else ""))
+            report.change.append(
+                f"function {sig}: replaced" + (f" (returns {a[1]}, was {b[1]})" if a[1] != b[1] else "")
+            )
         elif b[3] != a[3]:
             report.change.append(f"function {sig}: grants")
 

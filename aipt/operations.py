@@ -51,7 +51,7 @@ async def _call(conn: asyncpg.Connection, sql: str, *args):
 async def _ring(redis, event_id: str, attempt: int, warn: Callable[[str], None]) -> None:
     try:
         await queue.ring_now(redis, event_id, attempt)
-    except Exception as exc:  # noqa: BLE001 - committed in Postgres: the sweeper enqueues it
+    except Exception as exc:
         warn(f"{event_id} is due but not enqueued ({exc}); the sweeper will pick it up within a minute")
 
 
@@ -104,8 +104,9 @@ async def progress(conn, event_ids: list[str]) -> dict[str, Progress]:
     return {r["event_id"]: Progress(**dict(r)) for r in rows}
 
 
-async def wait(conn, started: dict[str, int], timeout: float, on_settled: Callable[[Progress], None],
-               poll: float = 0.2) -> list[str]:
+async def wait(
+    conn, started: dict[str, int], timeout: float, on_settled: Callable[[Progress], None], poll: float = 0.2
+) -> list[str]:
     """Wait until each event has run the attempt it was given (`started`: id → that attempt's number).
 
     Calls on_settled once per event as it comes to rest; returns the ids still unsettled at the timeout.

@@ -69,8 +69,9 @@ async def preview(conn: asyncpg.Connection, settings: Settings, job: str) -> Out
     return Outcome(job, "dry_run", counts, seconds=round(time.perf_counter() - started, 3))
 
 
-async def _batches(conn: asyncpg.Connection, settings: Settings, job: str, run_id: int, outcome: Outcome,
-                   max_seconds: float | None) -> None:
+async def _batches(
+    conn: asyncpg.Connection, settings: Settings, job: str, run_id: int, outcome: Outcome, max_seconds: float | None
+) -> None:
     c = settings.cleanup
     deadline = time.monotonic() + (max_seconds if max_seconds is not None else float("inf"))
     while True:
@@ -97,12 +98,17 @@ async def _record_abort(settings: Settings, run_id: int, error: str) -> None:
             await conn.fetch(db.queries["cleanup_finish"], run_id, error)
         finally:
             await conn.close()
-    except Exception as exc:  # noqa: BLE001 - the run row says "running" until the next run closes it
+    except Exception as exc:
         log.warning("cleanup run not closed; the next run marks it abandoned", run_id=run_id, error=str(exc))
 
 
-async def run(settings: Settings, job: str, slot: dt.datetime | None = None, run_by: str | None = None,
-              max_seconds: float | None = None) -> Outcome:
+async def run(
+    settings: Settings,
+    job: str,
+    slot: dt.datetime | None = None,
+    run_by: str | None = None,
+    max_seconds: float | None = None,
+) -> Outcome:
     """One run of a cleanup job, batch after batch, recorded; refused when another run holds the job.
 
     After max_seconds (None: no limit) no new batch starts and the run ends ok, the rest left for the next.
@@ -111,8 +117,13 @@ async def run(settings: Settings, job: str, slot: dt.datetime | None = None, run
     outcome = Outcome(job, "ok")
     conn = await db.connect(settings)
     try:
-        begin = await conn.fetchrow(db.queries["cleanup_begin"], job, slot, run_by or f"{socket.gethostname()}:{os.getpid()}",
-                                    lease_seconds(settings))
+        begin = await conn.fetchrow(
+            db.queries["cleanup_begin"],
+            job,
+            slot,
+            run_by or f"{socket.gethostname()}:{os.getpid()}",
+            lease_seconds(settings),
+        )
         if begin["run_id"] is None:
             outcome.status, outcome.note = "refused", begin["refused"]
             log.info("cleanup not run: " + begin["refused"], job=job)
@@ -137,8 +148,14 @@ async def run(settings: Settings, job: str, slot: dt.datetime | None = None, run
         if not conn.is_closed():
             await conn.close()
     outcome.seconds = round(time.perf_counter() - started, 3)
-    fields = dict(job=job, run_id=run_id, counts=outcome.counts, batches=outcome.batches,
-                  duration_ms=round(outcome.seconds * 1000, 1), slot=slot.isoformat() if slot else None)
+    fields = dict(
+        job=job,
+        run_id=run_id,
+        counts=outcome.counts,
+        batches=outcome.batches,
+        duration_ms=round(outcome.seconds * 1000, 1),
+        slot=slot.isoformat() if slot else None,
+    )
     if outcome.status == "error":
         log.error("cleanup failed", error=outcome.note, **fields)
     else:
@@ -169,4 +186,3 @@ def describe(outcome: Outcome) -> str:
     counts = ", ".join(f"{table} {n}" for table, n in outcome.counts.items()) or "nothing"
     verb = {"dry_run": "would delete", "ok": "deleted", "error": "failed after deleting"}[outcome.status]
     return f"{outcome.job}: {verb} {counts}" + (f" ({outcome.note})" if outcome.note else "")
-

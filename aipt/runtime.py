@@ -30,9 +30,17 @@ def run_web(settings: Settings, host: str | None = None) -> None:
     settings.require("database_url", "redis_url", "stripe_webhook_secret")
     w = settings.web
     uvicorn.run(
-        WEB_APP, factory=True, host=host or w.host, port=settings.port, loop="uvloop",
-        http=load(WEB_PROTOCOL)(w), access_log=False, log_config=None, lifespan="on",
-        timeout_keep_alive=w.keepalive_timeout_seconds, limit_concurrency=w.max_connections,
+        WEB_APP,
+        factory=True,
+        host=host or w.host,
+        port=settings.port,
+        loop="uvloop",
+        http=load(WEB_PROTOCOL)(w),
+        access_log=False,
+        log_config=None,
+        lifespan="on",
+        timeout_keep_alive=w.keepalive_timeout_seconds,
+        limit_concurrency=w.max_connections,
     )
 
 

@@ -85,8 +85,10 @@ class Stripe(BaseModel):
         mode = "live" if livemode else "test"
         if self.accepted_modes in ("both", mode):
             return None
-        return (f"{mode}-mode event not applied: this service accepts {self.accepted_modes}-mode events only "
-                "(settings [stripe] accepted_modes)")
+        return (
+            f"{mode}-mode event not applied: this service accepts {self.accepted_modes}-mode events only "
+            "(settings [stripe] accepted_modes)"
+        )
 
 
 class Ratelimit(BaseModel):
@@ -179,7 +181,9 @@ class Settings(BaseSettings):
     metrics: Metrics
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         toml: PydanticBaseSettingsSource = TomlConfigSettingsSource(settings_cls, toml_file=_settings_file())
         return (init_settings, env_settings, toml)
 

@@ -122,8 +122,10 @@ class Load:
         while not self.stop.is_set() and self.budget > 0:
             self.budget -= 1
             body = self.body()
-            headers = {"Stripe-Signature": stripe.WebhookSignature.generate_signature_header(body, SECRET),
-                       "Content-Type": "application/json"}
+            headers = {
+                "Stripe-Signature": stripe.WebhookSignature.generate_signature_header(body, SECRET),
+                "Content-Type": "application/json",
+            }
             phase = self.phase
             t0 = time.perf_counter()
             r = await client.post("/webhooks/stripe", content=body, headers=headers)
@@ -156,8 +158,15 @@ class Cleaner:
 
     async def __aenter__(self):
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CLEANER, env=self.env, cwd=ROOT,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+            sys.executable,
+            "-c",
+            CLEANER,
+            env=self.env,
+            cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         return self
 
     async def run(self, seconds: float) -> dict:
@@ -178,8 +187,9 @@ class Cleaner:
 
 
 async def start_web(env: dict, port: int) -> subprocess.Popen:
-    server = subprocess.Popen([sys.executable, "-m", "aipt", "web"], env=env, cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "aipt", "web"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 20
     async with httpx.AsyncClient() as client:
         while True:
@@ -200,23 +210,39 @@ async def main(args: argparse.Namespace) -> None:
         try:
             conn = await asyncpg.connect(url)
             try:
-                lines = json.dumps({"object": "list", "data": [{"id": f"il_{i}", "amount": 1900, "description": "x" * 120}
-                                                               for i in range(6)]})
+                lines = json.dumps(
+                    {
+                        "object": "list",
+                        "data": [{"id": f"il_{i}", "amount": 1900, "description": "x" * 120} for i in range(6)],
+                    }
+                )
                 t0 = time.perf_counter()
                 await conn.execute(EXPIRED, lines, args.expired)
                 await conn.execute(FAILURES, args.expired)
-                await conn.execute("update public.rate_limit_config set requests_per_minute = 100000000, burst_size = 100000000"
-                                   " where endpoint_key = 'stripe_webhook'")
+                await conn.execute(
+                    "update public.rate_limit_config set requests_per_minute = 100000000, burst_size = 100000000"
+                    " where endpoint_key = 'stripe_webhook'"
+                )
                 await conn.execute("vacuum analyze")
                 size = await conn.fetchval("select pg_size_pretty(pg_total_relation_size('public.stripe_events'))")
-                print(f"inserted {args.expired:,} expired events in {time.perf_counter() - t0:.1f} s (stripe_events: {size})")
+                print(
+                    f"inserted {args.expired:,} expired events in {time.perf_counter() - t0:.1f} s (stripe_events: {size})"
+                )
             finally:
                 await conn.close()
 
             port = free_port()
-            env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": REDIS_URL, "STRIPE_WEBHOOK_SECRET": SECRET,
-                   "PORT": str(port), "AIPT_WEB_HOST": "127.0.0.1", "AIPT_QUEUE_NAME": queue_name,
-                   "AIPT_LOG_LEVEL": "warning", "LOG_FORMAT": "json"}
+            env = {
+                **os.environ,
+                "DATABASE_URL": url,
+                "REDIS_URL": REDIS_URL,
+                "STRIPE_WEBHOOK_SECRET": SECRET,
+                "PORT": str(port),
+                "AIPT_WEB_HOST": "127.0.0.1",
+                "AIPT_QUEUE_NAME": queue_name,
+                "AIPT_LOG_LEVEL": "warning",
+                "LOG_FORMAT": "json",
+            }
             if args.batch_size:
                 env["AIPT_CLEANUP_BATCH_SIZE"] = str(args.batch_size)
             if args.pause is not None:
@@ -242,18 +268,26 @@ async def main(args: argparse.Namespace) -> None:
             finally:
                 await load.http.aclose()
 
-            print(f"\ningest: {args.clients} concurrent clients posting signed checkout.session.completed events to "
-                  f"`aipt web`, alternating {args.segment:g} s segments")
+            print(
+                f"\ningest: {args.clients} concurrent clients posting signed checkout.session.completed events to "
+                f"`aipt web`, alternating {args.segment:g} s segments"
+            )
             print(f"{'segments':<10}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}  failures")
             for phase in ("quiet", "cleanup"):
                 lat = load.latencies[phase]
-                print(f"{phase:<10}{len(lat):>10,}{len(lat) / load.seconds[phase]:>9.0f}{statistics.median(lat):>9.2f}"
-                      f"{pct(lat, 99):>9.2f}{max(lat):>9.1f}  {load.failures.get(phase, 0)}")
+                print(
+                    f"{phase:<10}{len(lat):>10,}{len(lat) / load.seconds[phase]:>9.0f}{statistics.median(lat):>9.2f}"
+                    f"{pct(lat, 99):>9.2f}{max(lat):>9.1f}  {load.failures.get(phase, 0)}"
+                )
             rate = deleted["stripe_events"] / cleanup_seconds
-            print(f"\ncleanup: deleted {deleted['stripe_events']:,} events and {deleted['webhook_failures']:,} failure rows "
-                  f"in {cleanup_seconds:.1f} s over {runs} runs → {rate:,.0f} events/s")
+            print(
+                f"\ncleanup: deleted {deleted['stripe_events']:,} events and {deleted['webhook_failures']:,} failure rows "
+                f"in {cleanup_seconds:.1f} s over {runs} runs → {rate:,.0f} events/s"
+            )
             ratio = pct(load.latencies["cleanup"], 99) / pct(load.latencies["quiet"], 99)
-            print(f"ingest p99 during cleanup / quiet: {ratio:.2f}x (target ≤ 2x: {'met' if ratio <= 2 else 'NOT met'})")
+            print(
+                f"ingest p99 during cleanup / quiet: {ratio:.2f}x (target ≤ 2x: {'met' if ratio <= 2 else 'NOT met'})"
+            )
             if deleted["stripe_events"] != args.expired or any(load.failures.values()):
                 raise SystemExit("the cleanup did not delete every expired event, or ingest failed requests")
         finally:

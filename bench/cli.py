@@ -81,8 +81,10 @@ def main() -> None:
     print(f"{args.runs} runs each, alternating; python {sys.version.split()[0]}")
     print(f"{'command':34} {'wall ms':>8} {'cpu ms':>7} {'x import typer':>15} {'x bare app':>11}")
     for name in commands:
-        print(f"{name:34} {wall[name] * 1000:8.1f} {cpu[name] * 1000:7.1f} {wall[name] / typer_only:15.2f} "
-              f"{wall[name] / floor:11.2f}")
+        print(
+            f"{name:34} {wall[name] * 1000:8.1f} {cpu[name] * 1000:7.1f} {wall[name] / typer_only:15.2f} "
+            f"{wall[name] / floor:11.2f}"
+        )
 
 
 if __name__ == "__main__":

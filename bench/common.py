@@ -29,7 +29,8 @@ import asyncpg  # noqa: E402
 import psutil  # noqa: E402
 import stripe  # noqa: E402
 
-from aipt import fixtures, migrate, settings as settings_mod  # noqa: E402
+from aipt import fixtures, migrate  # noqa: E402
+from aipt import settings as settings_mod  # noqa: E402
 
 ADMIN_URL = os.environ.get(
     "BENCH_ADMIN_URL", os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -43,15 +44,31 @@ DEMO_NEURON = "17ea841a-9ee1-4f9e-87e6-a1f2dbc1edd3"
 
 # --- profiling -------------------------------------------------------------------------------------
 
+
 def start_py_spy(out: str | None, pid: int, idle: bool = False) -> subprocess.Popen | None:
     """py-spy sampling `pid` into `out` (collapsed stacks) until stop_py_spy; None when out is None.
     idle: count samples where the process waits too (for a server, where waiting is part of the story)."""
     if not out:
         return None
     spy = Path(sys.executable).with_name("py-spy")
-    return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--format", "raw", *(["--idle"] if idle else []),
-                             "--rate", "200", "--nonblocking", "--output", out],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            str(spy),
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            *(["--idle"] if idle else []),
+            "--rate",
+            "200",
+            "--nonblocking",
+            "--output",
+            out,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def stop_py_spy(spy: subprocess.Popen | None) -> None:
@@ -64,6 +81,7 @@ def stop_py_spy(spy: subprocess.Popen | None) -> None:
 
 
 # --- numbers ---------------------------------------------------------------------------------------
+
 
 def pct(values: list[float], p: float) -> float:
     """The p-th percentile (nearest rank) of values; nan when there are none."""
@@ -131,7 +149,9 @@ class CpuMeter:
         used = {k: (s1[k] - self.s0[k]) / wall for k in s1 if k != "servers"}
         for kind in ("postgres", "redis"):
             # A process that ended meanwhile is lost; one that started counts from zero.
-            used[kind] = sum(t - self.s0["servers"].get(key, 0.0) for key, t in s1["servers"].items() if key[0] == kind) / wall
+            used[kind] = (
+                sum(t - self.s0["servers"].get(key, 0.0) for key, t in s1["servers"].items() if key[0] == kind) / wall
+            )
         used["cores"] = psutil.cpu_count()
         # Whatever else ran meanwhile (other users of the machine, other databases): a noisy neighbour.
         used["others"] = max(0.0, used["machine"] - sum(v for k, v in used.items() if k not in ("machine", "cores")))
@@ -145,6 +165,7 @@ def cpu_line(used: dict[str, float], order: list[str]) -> str:
 
 # --- the scratch database --------------------------------------------------------------------------
 
+
 def database_of(url: str) -> str:
     return urlsplit(url).path.lstrip("/")
 
@@ -154,7 +175,9 @@ def url_for(name: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def scratch_database(prefix: str, seed_demo: bool = True, extra_sql: list[Path] | None = None) -> AsyncIterator[str]:
+async def scratch_database(
+    prefix: str, seed_demo: bool = True, extra_sql: list[Path] | None = None
+) -> AsyncIterator[str]:
     """A fresh database with every migration applied (and the demo catalogue), then extra_sql (e.g. a
     candidate fix to measure before it becomes a migration); dropped at the end."""
     name = f"{prefix}_{os.getpid()}"
@@ -186,6 +209,7 @@ async def scratch_database(prefix: str, seed_demo: bool = True, extra_sql: list[
 
 # --- Redis -----------------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def claimed_redis_db(preferred: int = 14) -> Iterator[str]:
     """A Redis db nobody uses (empty, claimed with the test suite's owner key); flushed at the end."""
@@ -215,6 +239,7 @@ def claimed_redis_db(preferred: int = 14) -> Iterator[str]:
 
 # --- settings --------------------------------------------------------------------------------------
 
+
 def bench_settings(db_url: str, redis_url: str, queue_name: str, **sections) -> settings_mod.Settings:
     """settings.toml as shipped, pointed at the scratch services; sections override (like make_settings)."""
     base = settings_mod.load()
@@ -231,6 +256,7 @@ def bench_settings(db_url: str, redis_url: str, queue_name: str, **sections) -> 
 
 
 # --- events ----------------------------------------------------------------------------------------
+
 
 def _suffix(tag: str, i: int) -> str:
     return f"{tag}{i:07d}"
@@ -272,15 +298,24 @@ def make_events(kind: str, tag: str, start: int, n: int, neurons: list[str] | No
     templates = {k: fixtures.load(k) for k in MAKERS}
     kinds = list(MAKERS) if kind == "mix" else [kind]
     neurons = neurons or [DEMO_NEURON]
-    return [MAKERS[kinds[i % len(kinds)]](tag, i, templates[kinds[i % len(kinds)]], neurons[i % len(neurons)])
-            for i in range(start, start + n)]
+    return [
+        MAKERS[kinds[i % len(kinds)]](tag, i, templates[kinds[i % len(kinds)]], neurons[i % len(neurons)])
+        for i in range(start, start + n)
+    ]
 
 
 def row_args(event: dict, body: str) -> tuple:
     """The insert_event parameters, exactly as ingest passes them (id, type, api_version, created, livemode, body,
     and no reason to skip it)."""
-    return (event["id"], event["type"], event.get("api_version"), event["created"], bool(event.get("livemode")), body,
-            None)
+    return (
+        event["id"],
+        event["type"],
+        event.get("api_version"),
+        event["created"],
+        bool(event.get("livemode")),
+        body,
+        None,
+    )
 
 
 def sign(body: str, secret: str = SECRET, timestamp: int | None = None) -> str:

@@ -131,7 +131,9 @@ async def measure(url: str, args: argparse.Namespace, guarded: list, deletable: 
     conn = await asyncpg.connect(url)
     try:
         # As PostgREST runs an admin's RPC: role authenticated, the JWT's claims in request.jwt.claims.
-        admin = await conn.fetchval("insert into auth.users (id, email) values (gen_random_uuid(), 'bench-admin@example.test') returning id")
+        admin = await conn.fetchval(
+            "insert into auth.users (id, email) values (gen_random_uuid(), 'bench-admin@example.test') returning id"
+        )
         claims = {"role": "authenticated", "sub": str(admin), "app_metadata": {"role": "admin"}}
         await conn.execute("select set_config('request.jwt.claims', $1, false)", json.dumps(claims))
         await conn.execute("set role authenticated")

@@ -46,12 +46,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import asyncpg  # noqa: E402
-import httpx  # noqa: E402
-import uvloop  # noqa: E402
+import asyncpg
+import httpx
+import uvloop
 
-from aipt import db  # noqa: E402
-from bench import common  # noqa: E402
+from aipt import db
+from bench import common
 
 KIND = "checkout.session.completed"
 PATH = "/webhooks/stripe"
@@ -62,6 +62,7 @@ CHECK_ONE = "select allowed from public.f_check_rate_limit(p_endpoint_key => 'st
 
 
 # --- the load generator (child processes) ----------------------------------------------------------
+
 
 class _Client(asyncio.Protocol):
     """One keep-alive connection with one request in flight; takes requests from a shared deque."""
@@ -95,13 +96,13 @@ class _Client(asyncio.Protocol):
             length = 0
             if at >= 0:
                 stop = head.find(b"\r\n", at)
-                length = int(head[at + 15:stop if stop >= 0 else len(head)])
+                length = int(head[at + 15 : stop if stop >= 0 else len(head)])
             total = end + 4 + length
             if len(self.buf) < total:
                 return
             now = time.perf_counter()
             status = int(head[9:12])
-            body = bytes(self.buf[end + 4:total])
+            body = bytes(self.buf[end + 4 : total])
             del self.buf[:total]
             s = self.shared
             s["latencies"].append(now - self.sent)
@@ -119,8 +120,13 @@ class _Client(asyncio.Protocol):
 
 async def _load(port: int, requests: list[bytes], connections: int, max_seconds: float, go) -> dict:
     loop = asyncio.get_running_loop()
-    shared = dict(requests=collections.deque(requests), latencies=[], accepted=0,
-                  other=collections.Counter(), deadline=float("inf"))
+    shared = dict(
+        requests=collections.deque(requests),
+        latencies=[],
+        accepted=0,
+        other=collections.Counter(),
+        deadline=float("inf"),
+    )
     clients = []
     for _ in range(connections):
         _, proto = await loop.create_connection(lambda: _Client(shared), "127.0.0.1", port)
@@ -135,11 +141,20 @@ async def _load(port: int, requests: list[bytes], connections: int, max_seconds:
     t1, cpu1 = time.perf_counter(), time.process_time()
     for c in clients:
         c.transport.close()
-    return dict(t0=t0, t1=t1, cpu=cpu1 - cpu0, latencies=shared["latencies"], accepted=shared["accepted"],
-                other=dict(shared["other"]), unsent=len(shared["requests"]))
+    return dict(
+        t0=t0,
+        t1=t1,
+        cpu=cpu1 - cpu0,
+        latencies=shared["latencies"],
+        accepted=shared["accepted"],
+        other=dict(shared["other"]),
+        unsent=len(shared["requests"]),
+    )
 
 
-def loadgen_main(port: int, tag: str, start: int, n: int, connections: int, max_seconds: float, ready, go, results) -> None:
+def loadgen_main(
+    port: int, tag: str, start: int, n: int, connections: int, max_seconds: float, ready, go, results
+) -> None:
     """Child process: build and sign n events, connect, wait for `go`, send them all, report."""
     try:
         events = common.make_events(KIND, tag, start, n)
@@ -148,18 +163,28 @@ def loadgen_main(port: int, tag: str, start: int, n: int, connections: int, max_
         for ev in events:
             body = common.dumps(ev)
             raw = body.encode()
-            head = (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-                    f"Stripe-Signature: {common.sign(body, common.SECRET, stamp)}\r\nContent-Length: {len(raw)}\r\n\r\n")
+            head = (
+                f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                f"Stripe-Signature: {common.sign(body, common.SECRET, stamp)}\r\nContent-Length: {len(raw)}\r\n\r\n"
+            )
             requests.append(head.encode() + raw)
         ready.put(os.getpid())
         results.put(uvloop.run(_load(port, requests, connections, max_seconds, go)))
-    except BaseException as exc:  # noqa: BLE001 - the parent must hear about it, not hang
+    except BaseException as exc:
         ready.put(os.getpid())
         results.put(dict(error=f"{type(exc).__name__}: {exc}"))
 
 
-async def run_load(port: int, tag: str, n: int, concurrency: int, procs: int, max_seconds: float,
-                   server_pid: int, database: str | None = None) -> dict:
+async def run_load(
+    port: int,
+    tag: str,
+    n: int,
+    concurrency: int,
+    procs: int,
+    max_seconds: float,
+    server_pid: int,
+    database: str | None = None,
+) -> dict:
     """n signed requests from `procs` processes over `concurrency` connections; rate, latencies, CPU."""
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
@@ -168,7 +193,9 @@ async def run_load(port: int, tag: str, n: int, concurrency: int, procs: int, ma
         share_n = n // procs + (1 if p < n % procs else 0)
         share_c = concurrency // procs + (1 if p < concurrency % procs else 0)
         start = sum(n // procs + (1 if q < n % procs else 0) for q in range(p))
-        child = ctx.Process(target=loadgen_main, args=(port, tag, start, share_n, share_c, max_seconds, ready, go, results), daemon=True)
+        child = ctx.Process(
+            target=loadgen_main, args=(port, tag, start, share_n, share_c, max_seconds, ready, go, results), daemon=True
+        )
         child.start()
         children.append(child)
     loop = asyncio.get_running_loop()
@@ -191,14 +218,28 @@ async def run_load(port: int, tag: str, n: int, concurrency: int, procs: int, ma
     for o in outs:
         other.update(o["other"])
     accepted = sum(o["accepted"] for o in outs)
-    return dict(rate=accepted / wall, accepted=accepted, wall=wall, cpu=used, other=dict(other),
-                latencies=[x for o in outs for x in o["latencies"]], unsent=sum(o["unsent"] for o in outs))
+    return dict(
+        rate=accepted / wall,
+        accepted=accepted,
+        wall=wall,
+        cpu=used,
+        other=dict(other),
+        latencies=[x for o in outs for x in o["latencies"]],
+        unsent=sum(o["unsent"] for o in outs),
+    )
 
 
 # --- the floor ---------------------------------------------------------------------------------------
 
-async def run_floor(pool: asyncpg.Pool, rows: list, concurrency: int, max_seconds: float, statements: list[str],
-                    database: str | None = None) -> dict:
+
+async def run_floor(
+    pool: asyncpg.Pool,
+    rows: list,
+    concurrency: int,
+    max_seconds: float,
+    statements: list[str],
+    database: str | None = None,
+) -> dict:
     """`concurrency` clients sharing `pool`, each row through `statements` (one transaction each)."""
     it = iter(rows)
     latencies: list[float] = []
@@ -227,6 +268,7 @@ async def run_floor(pool: asyncpg.Pool, rows: list, concurrency: int, max_second
 
 # --- the server --------------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -239,8 +281,13 @@ async def server(db_url: str, redis_url: str, queue_name: str, ratelimit: bool, 
     port = free_port()
     env = dict(
         os.environ,
-        DATABASE_URL=db_url, REDIS_URL=redis_url, STRIPE_WEBHOOK_SECRET=common.SECRET, PORT=str(port),
-        LOG_FORMAT="json", AIPT_WEB_HOST="127.0.0.1", AIPT_QUEUE_NAME=queue_name,
+        DATABASE_URL=db_url,
+        REDIS_URL=redis_url,
+        STRIPE_WEBHOOK_SECRET=common.SECRET,
+        PORT=str(port),
+        LOG_FORMAT="json",
+        AIPT_WEB_HOST="127.0.0.1",
+        AIPT_QUEUE_NAME=queue_name,
         AIPT_RATELIMIT_WEBHOOK_ENABLED="true" if ratelimit else "false",
         AIPT_DB_POOL_MAX_SIZE=str(pool_size),
         PYTHONPATH=str(common.ROOT),
@@ -248,8 +295,7 @@ async def server(db_url: str, redis_url: str, queue_name: str, ratelimit: bool, 
     log = log_path.open("ab")
     # BENCH_SERVER_CMD: another command serving the same app (e.g. a candidate fix), run like `aipt web`.
     command = os.environ.get("BENCH_SERVER_CMD", f"{sys.executable} -m aipt web").split()
-    proc = subprocess.Popen(command, cwd=common.ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(command, cwd=common.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
         async with httpx.AsyncClient(timeout=2) as client:
@@ -293,15 +339,19 @@ def fmt_row(name: str, r: dict, order: list[str], prefix: str = "") -> str:
     lat = r["latencies"]
     main = order[0]
     per = 1e6 * r["cpu"][main] / r["rate"] if r["rate"] else float("nan")
-    return (f"{prefix:<4}{name:<40} {r['rate']:>6.0f}/s  p50 {1000 * common.pct(lat, 50):>6.2f} ms  "
-            f"p99 {1000 * common.pct(lat, 99):>6.2f} ms  {main} cpu/req {per:>4.0f} us  {common.cpu_line(r['cpu'], order)}")
+    return (
+        f"{prefix:<4}{name:<40} {r['rate']:>6.0f}/s  p50 {1000 * common.pct(lat, 50):>6.2f} ms  "
+        f"p99 {1000 * common.pct(lat, 99):>6.2f} ms  {main} cpu/req {per:>4.0f} us  {common.cpu_line(r['cpu'], order)}"
+    )
 
 
 def summarize(results: list[dict]) -> dict:
-    return dict(rate=common.median([r["rate"] for r in results]),
-                latencies=[x for r in results for x in r["latencies"]],
-                cpu={k: common.median([r["cpu"][k] for r in results]) for k in results[0]["cpu"]},
-                accepted=sum(r["accepted"] for r in results))
+    return dict(
+        rate=common.median([r["rate"] for r in results]),
+        latencies=[x for r in results for x in r["latencies"]],
+        cpu={k: common.median([r["cpu"][k] for r in results]) for k in results[0]["cpu"]},
+        accepted=sum(r["accepted"] for r in results),
+    )
 
 
 def floors_for(ratelimit: bool) -> dict[str, list[str]]:
@@ -313,14 +363,19 @@ def floors_for(ratelimit: bool) -> dict[str, list[str]]:
 
 
 async def run_mode(args, url: str, redis_url: str, ratelimit: bool, workdir: Path, mode_no: int) -> dict:
-    title = ("rate limit ON (the shipped default; bucket raised so that nothing is refused)" if ratelimit
-             else "rate limit OFF (AIPT_RATELIMIT_WEBHOOK_ENABLED=false)")
+    title = (
+        "rate limit ON (the shipped default; bucket raised so that nothing is refused)"
+        if ratelimit
+        else "rate limit OFF (AIPT_RATELIMIT_WEBHOOK_ENABLED=false)"
+    )
     print(f"\n== endpoint with {title}")
     floors = floors_for(ratelimit)
     if ratelimit:
         async with connection(url) as conn:
-            await conn.execute("update public.rate_limit_config set requests_per_minute = 2000000000, "
-                               "burst_size = 2000000000 where endpoint_key = 'stripe_webhook'")
+            await conn.execute(
+                "update public.rate_limit_config set requests_per_minute = 2000000000, "
+                "burst_size = 2000000000 where endpoint_key = 'stripe_webhook'"
+            )
     database = common.database_of(url)
     queue_name = f"aipt:bench:{os.getpid()}:{mode_no}"
     # The floor's pool is the server's: same size, and no reset round trip on release (aipt.db's choice).
@@ -329,22 +384,43 @@ async def run_mode(args, url: str, redis_url: str, ratelimit: bool, workdir: Pat
     try:
         async with server(url, redis_url, queue_name, ratelimit, args.pool_size, workdir / "server.log") as (port, pid):
             # Warm-up: connections opened, statements prepared, code paths hot.
-            await run_load(port, f"m{mode_no}w", args.warmup, args.concurrency, args.client_procs, args.max_seconds, pid)
+            await run_load(
+                port, f"m{mode_no}w", args.warmup, args.concurrency, args.client_procs, args.max_seconds, pid
+            )
             for f, statements in enumerate(floors.values()):
                 events = common.make_events(KIND, f"m{mode_no}f{f}w", 0, args.warmup)
-                await run_floor(pool, [common.row_args(e, common.dumps(e)) for e in events], args.concurrency,
-                                args.max_seconds, statements)
+                await run_floor(
+                    pool,
+                    [common.row_args(e, common.dumps(e)) for e in events],
+                    args.concurrency,
+                    args.max_seconds,
+                    statements,
+                )
             spy = start_py_spy(args.py_spy, pid, f"ingest-{'on' if ratelimit else 'off'}")
             try:
                 for rnd in range(1, args.rounds + 1):
                     for f, (name, statements) in enumerate(floors.items()):
                         events = common.make_events(KIND, f"m{mode_no}f{f}r{rnd}_", 0, args.events)
-                        r = await run_floor(pool, [common.row_args(e, common.dumps(e)) for e in events],
-                                            args.concurrency, args.max_seconds, statements, database)
+                        r = await run_floor(
+                            pool,
+                            [common.row_args(e, common.dumps(e)) for e in events],
+                            args.concurrency,
+                            args.max_seconds,
+                            statements,
+                            database,
+                        )
                         results[name].append(r)
                         print(fmt_row(name, r, ["postgres", "client"], f"r{rnd}"))
-                    r = await run_load(port, f"m{mode_no}r{rnd}_", args.events, args.concurrency, args.client_procs,
-                                       args.max_seconds, pid, database)
+                    r = await run_load(
+                        port,
+                        f"m{mode_no}r{rnd}_",
+                        args.events,
+                        args.concurrency,
+                        args.client_procs,
+                        args.max_seconds,
+                        pid,
+                        database,
+                    )
                     results[ENDPOINT].append(r)
                     print(fmt_row(ENDPOINT, r, ["server", "client", "postgres"], f"r{rnd}"))
                     if r["other"]:
@@ -364,12 +440,16 @@ async def run_mode(args, url: str, redis_url: str, ratelimit: bool, workdir: Pat
         print(fmt_row(name, s, ["server", "client", "postgres"] if name == ENDPOINT else ["postgres", "client"]))
     # Round by round: the floor and the endpoint of a round ran back to back, so they saw the same host
     # speed (it drifts by tens of percent within a minute); the median of those ratios is the figure.
-    per_round = [e["rate"] / f["rate"] for e, f in zip(results[ENDPOINT], results[FLOOR])]
+    per_round = [e["rate"] / f["rate"] for e, f in zip(results[ENDPOINT], results[FLOOR], strict=True)]
     ratio = common.median(per_round)
-    print(f"  ratio endpoint / bare INSERT: {100 * ratio:.0f}%, median of the rounds' "
-          f"{', '.join(f'{100 * x:.0f}' for x in per_round)}%  (target >= 50%)")
-    print(f"  the load generator used {summary[ENDPOINT]['cpu']['client']:.2f} cores (it is not the limit "
-          f"while well under 1 per --client-procs)")
+    print(
+        f"  ratio endpoint / bare INSERT: {100 * ratio:.0f}%, median of the rounds' "
+        f"{', '.join(f'{100 * x:.0f}' for x in per_round)}%  (target >= 50%)"
+    )
+    print(
+        f"  the load generator used {summary[ENDPOINT]['cpu']['client']:.2f} cores (it is not the limit "
+        f"while well under 1 per --client-procs)"
+    )
     print(f"  jobs enqueued by the endpoint: {queued} of {accepted} accepted events (warm-up included)")
     busy = max(r["cpu"]["others"] for rs in results.values() for r in rs)
     if busy > 0.25:
@@ -404,13 +484,28 @@ async def main() -> None:
     parser.add_argument("--warmup", type=int, default=1000, help="warm-up events per contender (default 1000)")
     parser.add_argument("--max-seconds", type=float, default=30, help="bound on one round (default 30)")
     parser.add_argument("--client-procs", type=int, default=1, help="load generator processes (default 1)")
-    parser.add_argument("--ratelimit", choices=["off", "on", "both"], default="both",
-                        help="the endpoint's webhook rate limit during the run (default both, one after the other)")
-    parser.add_argument("--pool-size", type=int, default=None,
-                        help="server and floor pool size (default settings.toml [db] pool_max_size)")
-    parser.add_argument("--py-spy", metavar="PREFIX", help="record the server with py-spy into PREFIX<mode>.txt (collapsed stacks)")
-    parser.add_argument("--extra-sql", metavar="FILE", action="append", type=Path,
-                        help="SQL run on the scratch database after the migrations (a candidate fix); repeatable")
+    parser.add_argument(
+        "--ratelimit",
+        choices=["off", "on", "both"],
+        default="both",
+        help="the endpoint's webhook rate limit during the run (default both, one after the other)",
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=None,
+        help="server and floor pool size (default settings.toml [db] pool_max_size)",
+    )
+    parser.add_argument(
+        "--py-spy", metavar="PREFIX", help="record the server with py-spy into PREFIX<mode>.txt (collapsed stacks)"
+    )
+    parser.add_argument(
+        "--extra-sql",
+        metavar="FILE",
+        action="append",
+        type=Path,
+        help="SQL run on the scratch database after the migrations (a candidate fix); repeatable",
+    )
     parser.add_argument("--redis-db", type=int, default=14, help="preferred empty Redis db (default 14)")
     args = parser.parse_args()
     from aipt import settings as settings_mod
@@ -420,13 +515,18 @@ async def main() -> None:
         parser.error("--concurrency must be at least --client-procs")
 
     sample = common.dumps(common.make_events(KIND, "size", 0, 1)[0])
-    print(f"ingest benchmark: {args.rounds} rounds x {args.events} events ({len(sample)} bytes, {KIND} copies), "
-          f"concurrency {args.concurrency}, pool {args.pool_size}, {args.client_procs} client process(es), "
-          f"{os.cpu_count()} cores")
+    print(
+        f"ingest benchmark: {args.rounds} rounds x {args.events} events ({len(sample)} bytes, {KIND} copies), "
+        f"concurrency {args.concurrency}, pool {args.pool_size}, {args.client_procs} client process(es), "
+        f"{os.cpu_count()} cores"
+    )
     print("cpu columns: cores busy during the round (1.00 = one core all the time); 'others' = the rest of the machine")
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.ratelimit]
     outcomes = []
-    with tempfile.TemporaryDirectory(prefix="aipt-bench-ingest-") as tmp, common.claimed_redis_db(args.redis_db) as redis_url:
+    with (
+        tempfile.TemporaryDirectory(prefix="aipt-bench-ingest-") as tmp,
+        common.claimed_redis_db(args.redis_db) as redis_url,
+    ):
         async with common.scratch_database("aipt_bench_ingest", extra_sql=args.extra_sql) as url:
             for n, ratelimit in enumerate(modes):
                 outcomes.append(await run_mode(args, url, redis_url, ratelimit, Path(tmp), n))
@@ -436,10 +536,12 @@ async def main() -> None:
     print(f"\nrows stored in all: {stored}; server log lines: {log_lines}")
     for o in outcomes:
         s = o["summary"]
-        print(f"RESULT {o['title']}: endpoint {s[ENDPOINT]['rate']:.0f}/s "
-              f"(p50 {1000 * common.pct(s[ENDPOINT]['latencies'], 50):.1f} ms, p99 {1000 * common.pct(s[ENDPOINT]['latencies'], 99):.1f} ms), "
-              f"bare INSERT {s[FLOOR]['rate']:.0f}/s, ratio {100 * o['ratio']:.0f}%"
-              + ("  [noisy machine]" if o["busy"] > 0.25 else ""))
+        print(
+            f"RESULT {o['title']}: endpoint {s[ENDPOINT]['rate']:.0f}/s "
+            f"(p50 {1000 * common.pct(s[ENDPOINT]['latencies'], 50):.1f} ms, p99 {1000 * common.pct(s[ENDPOINT]['latencies'], 99):.1f} ms), "
+            f"bare INSERT {s[FLOOR]['rate']:.0f}/s, ratio {100 * o['ratio']:.0f}%"
+            + ("  [noisy machine]" if o["busy"] > 0.25 else "")
+        )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import common  # noqa: E402
+from bench import common
 
 CONCURRENCY = (1, 32)
 ENDPOINT = "bench"
@@ -107,8 +107,12 @@ async def bench(url: str, calls: int, rounds: int, users: list[uuid.UUID]) -> No
         await conn.fetchval(SHAPE, ENDPOINT, users[i % len(users)])
 
     # The check comes before the writes: its warm-up creates the bucket rows they update.
-    kinds = {"select 1": select_one, "f_check_rate_limit": check, "floor: its writes, SQL": writes,
-             "floor: empty function": shape}
+    kinds = {
+        "select 1": select_one,
+        "f_check_rate_limit": check,
+        "floor: its writes, SQL": writes,
+        "floor: empty function": shape,
+    }
     pool = await asyncpg.create_pool(url, min_size=max(CONCURRENCY), max_size=max(CONCURRENCY))
     try:
         # Warm up: every bucket exists, every connection has its statements prepared.
@@ -131,14 +135,25 @@ async def bench(url: str, calls: int, rounds: int, users: list[uuid.UUID]) -> No
             for name, (rate, p50, p99) in res.items():
                 print(f"{n:>7}  {name:<22} {rate:>9.0f} {p50:>8.3f} {p99:>8.3f}")
             base, chk, floor = res["select 1"], res["f_check_rate_limit"], res["floor: its writes, SQL"]
-            print(f"{n:>7}  {'check / select 1':<22} {chk[0] / base[0]:>9.2f} {chk[1] / base[1]:>8.2f} {chk[2] / base[2]:>8.2f}")
-            print(f"{n:>7}  {'writes / select 1':<22} {floor[0] / base[0]:>9.2f} {floor[1] / base[1]:>8.2f} {floor[2] / base[2]:>8.2f}")
-            print(f"{n:>7}  {'check / writes':<22} {chk[0] / floor[0]:>9.2f} {chk[1] / floor[1]:>8.2f} {chk[2] / floor[2]:>8.2f}")
+            print(
+                f"{n:>7}  {'check / select 1':<22} {chk[0] / base[0]:>9.2f} {chk[1] / base[1]:>8.2f} {chk[2] / base[2]:>8.2f}"
+            )
+            print(
+                f"{n:>7}  {'writes / select 1':<22} {floor[0] / base[0]:>9.2f} {floor[1] / base[1]:>8.2f} {floor[2] / base[2]:>8.2f}"
+            )
+            print(
+                f"{n:>7}  {'check / writes':<22} {chk[0] / floor[0]:>9.2f} {chk[1] / floor[1]:>8.2f} {chk[2] / floor[2]:>8.2f}"
+            )
             # Round by round (a round's kinds ran back to back, at the same host speed):
-            for name, over in (("check / select 1", "f_check_rate_limit"), ("writes / select 1", "floor: its writes, SQL")):
-                per = [a / b for a, b in zip(round_p50s[over], round_p50s["select 1"])]
-                print(f"{n:>7}  {name} at p50, round by round: {', '.join(f'{x:.2f}' for x in per)} "
-                      f"(median {statistics.median(per):.2f})")
+            for name, over in (
+                ("check / select 1", "f_check_rate_limit"),
+                ("writes / select 1", "floor: its writes, SQL"),
+            ):
+                per = [a / b for a, b in zip(round_p50s[over], round_p50s["select 1"], strict=True)]
+                print(
+                    f"{n:>7}  {name} at p50, round by round: {', '.join(f'{x:.2f}' for x in per)} "
+                    f"(median {statistics.median(per):.2f})"
+                )
 
         async with pool.acquire() as conn:
             array = "array[" + ",".join(f"'{u}'" for u in users) + "]::uuid[]"
@@ -176,8 +191,11 @@ async def main() -> None:
         finally:
             await conn.close()
         print(f"PostgreSQL {version}; " + ", ".join(f"{r['name']}={r['setting']}" for r in settings))
-        print(f"calls per measurement: {args.calls} x {args.rounds} rounds; buckets: {args.users}; logging: all requests")
+        print(
+            f"calls per measurement: {args.calls} x {args.rounds} rounds; buckets: {args.users}; logging: all requests"
+        )
         await bench(url, args.calls, args.rounds, [uuid.uuid4() for _ in range(args.users)])
+
 
 if __name__ == "__main__":
     asyncio.run(main())

@@ -22,7 +22,6 @@ import time
 import uuid
 
 import asyncpg
-
 from common import median, scratch_database
 
 COUNT = "select count(*) from public.stripe_events"
@@ -56,10 +55,12 @@ async def main(rows: int, rounds: int) -> None:
             who = {
                 "owner": (None, None),
                 "user": ("authenticated", {"role": "authenticated", "sub": str(uuid.uuid4())}),
-                "admin": ("authenticated", {"role": "authenticated", "sub": str(uuid.uuid4()),
-                                            "app_metadata": {"role": "admin"}}),
+                "admin": (
+                    "authenticated",
+                    {"role": "authenticated", "sub": str(uuid.uuid4()), "app_metadata": {"role": "admin"}},
+                ),
             }
-            for name, (role, claims) in who.items():  # warm the cache and the plans
+            for role, claims in who.values():  # warm the cache and the plans
                 await timed(conn, role, claims)
             ratios: dict[str, list[float]] = {"user": [], "admin": []}
             print(f"count(*) over {rows:,} stripe_events, {rounds} rounds (ms)")
@@ -68,10 +69,15 @@ async def main(rows: int, rounds: int) -> None:
                 assert got["owner"][1] == got["admin"][1] == rows and got["user"][1] == 0, got
                 for name in ratios:
                     ratios[name].append(got[name][0] / got["owner"][0])
-                print(f"  round {r}: " + "  ".join(f"{n} {got[n][0] * 1000:8.2f}" for n in who)
-                      + f"   user/owner {ratios['user'][-1]:.2f}x  admin/owner {ratios['admin'][-1]:.2f}x")
-            print(f"median: user/owner {median(ratios['user']):.2f}x (target <= 3x), "
-                  f"admin/owner {median(ratios['admin']):.2f}x")
+                print(
+                    f"  round {r}: "
+                    + "  ".join(f"{n} {got[n][0] * 1000:8.2f}" for n in who)
+                    + f"   user/owner {ratios['user'][-1]:.2f}x  admin/owner {ratios['admin'][-1]:.2f}x"
+                )
+            print(
+                f"median: user/owner {median(ratios['user']):.2f}x (target <= 3x), "
+                f"admin/owner {median(ratios['admin']):.2f}x"
+            )
         finally:
             await conn.close()
 

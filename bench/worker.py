@@ -45,15 +45,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import asyncpg  # noqa: E402
-import uvloop  # noqa: E402
-from arq.worker import Worker as ArqWorker  # noqa: E402 - the peer: arq's own claim
+import asyncpg
+import uvloop
+from arq.worker import Worker as ArqWorker
 
-from aipt import db, logs, queue  # noqa: E402
-from bench import common  # noqa: E402
-from aipt.queue import runner  # noqa: E402
-from worker.consume import consume_event  # noqa: E402
-from worker.main import spec  # noqa: E402
+from aipt import db, logs, queue
+from aipt.queue import runner
+from bench import common
+from worker.consume import consume_event
+from worker.main import spec
 
 
 class Timings:
@@ -106,8 +106,9 @@ def start_py_spy(out: str | None) -> subprocess.Popen | None:
     return spy
 
 
-async def run_worker(settings, fn, timings: Timings, expected: int, max_seconds: float, profile: str | None = None,
-                     stock: bool = False) -> dict:
+async def run_worker(
+    settings, fn, timings: Timings, expected: int, max_seconds: float, profile: str | None = None, stock: bool = False
+) -> dict:
     """A burst worker of the real build with the job function `fn`; bounded by max_seconds.
 
     stock: the same worker with arq's own job claim (four round trips) instead of aipt/queue/runner.py's."""
@@ -131,16 +132,19 @@ async def run_worker(settings, fn, timings: Timings, expected: int, max_seconds:
     done = len(timings.ends)
     if done != expected:
         print(f"   only {done} of {expected} jobs ran")
-    return dict(rate=timings.rate(), wall=wall, done=done, cpu=cpu, durations=timings.durations,
-                outcomes=timings.outcomes)
+    return dict(
+        rate=timings.rate(), wall=wall, done=done, cpu=cpu, durations=timings.durations, outcomes=timings.outcomes
+    )
 
 
 def fmt(name: str, r: dict, prefix: str = "") -> str:
     d = r["durations"]
     per = 1e6 * r["cpu"]["worker"] / r["rate"] if r["rate"] else float("nan")
-    return (f"{prefix:<4}{name:<36} {r['rate']:>6.0f}/s  job p50 {1000 * common.pct(d, 50):>6.2f} ms  "
-            f"p99 {1000 * common.pct(d, 99):>6.2f} ms  worker cpu/job {per:>4.0f} us  "
-            f"{common.cpu_line(r['cpu'], ['worker', 'postgres'])}")
+    return (
+        f"{prefix:<4}{name:<36} {r['rate']:>6.0f}/s  job p50 {1000 * common.pct(d, 50):>6.2f} ms  "
+        f"p99 {1000 * common.pct(d, 99):>6.2f} ms  worker cpu/job {per:>4.0f} us  "
+        f"{common.cpu_line(r['cpu'], ['worker', 'postgres'])}"
+    )
 
 
 async def seed_catalog(url: str, n: int) -> list[str] | None:
@@ -152,7 +156,9 @@ async def seed_catalog(url: str, n: int) -> list[str] | None:
         await conn.execute(
             "insert into public.neurons (id, slug, title, summary, published, required_tier) "
             "select gen_random_uuid(), 'bench-neuron-' || i, 'Bench neuron ' || i, repeat('A summary. ', 20), true, 1 "
-            "from generate_series(1, $1) i", n)
+            "from generate_series(1, $1) i",
+            n,
+        )
         await conn.execute("analyze public.neurons")
         ids = [r[0] for r in await conn.fetch("select id::text from public.neurons where slug like 'bench-neuron-%'")]
     finally:
@@ -165,29 +171,52 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=5000, help="events (and no-op jobs) per round (default 5000)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
-    parser.add_argument("--kind", default="payment_intent.succeeded",
-                        choices=["payment_intent.succeeded", "checkout.session.completed", "mix"],
-                        help="events to apply (default payment_intent.succeeded; mix alternates the two)")
-    parser.add_argument("--catalog", type=int, default=0, help="extra neurons in the catalogue (default 0: the demo one)")
+    parser.add_argument(
+        "--kind",
+        default="payment_intent.succeeded",
+        choices=["payment_intent.succeeded", "checkout.session.completed", "mix"],
+        help="events to apply (default payment_intent.succeeded; mix alternates the two)",
+    )
+    parser.add_argument(
+        "--catalog", type=int, default=0, help="extra neurons in the catalogue (default 0: the demo one)"
+    )
     parser.add_argument("--max-seconds", type=float, default=60, help="bound on one round (default 60)")
-    parser.add_argument("--max-jobs", type=int, help="override [queue] max_jobs for both kinds of round (to try a setting)")
-    parser.add_argument("--poll-delay", type=float, help="override [queue] poll_delay_seconds for both (to try a setting)")
-    parser.add_argument("--py-spy", metavar="PREFIX", help="record each round with py-spy into PREFIX<kind>-r<round>.txt")
-    parser.add_argument("--extra-sql", metavar="FILE", action="append", type=Path,
-                        help="SQL run on the scratch database after the migrations (a candidate fix); repeatable")
+    parser.add_argument(
+        "--max-jobs", type=int, help="override [queue] max_jobs for both kinds of round (to try a setting)"
+    )
+    parser.add_argument(
+        "--poll-delay", type=float, help="override [queue] poll_delay_seconds for both (to try a setting)"
+    )
+    parser.add_argument(
+        "--py-spy", metavar="PREFIX", help="record each round with py-spy into PREFIX<kind>-r<round>.txt"
+    )
+    parser.add_argument(
+        "--extra-sql",
+        metavar="FILE",
+        action="append",
+        type=Path,
+        help="SQL run on the scratch database after the migrations (a candidate fix); repeatable",
+    )
     parser.add_argument("--redis-db", type=int, default=14, help="preferred empty Redis db (default 14)")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="aipt-bench-worker-") as tmp, common.claimed_redis_db(args.redis_db) as redis_url:
+    with (
+        tempfile.TemporaryDirectory(prefix="aipt-bench-worker-") as tmp,
+        common.claimed_redis_db(args.redis_db) as redis_url,
+    ):
         async with common.scratch_database("aipt_bench_worker", extra_sql=args.extra_sql) as url:
             neurons = await seed_catalog(url, args.catalog)
-            overrides = {k: v for k, v in (("max_jobs", args.max_jobs), ("poll_delay_seconds", args.poll_delay)) if v is not None}
+            overrides = {
+                k: v for k, v in (("max_jobs", args.max_jobs), ("poll_delay_seconds", args.poll_delay)) if v is not None
+            }
             settings = common.bench_settings(url, redis_url, f"aipt:bench:{os.getpid()}", log_format="json")
             settings = settings.model_copy(update=dict(queue=settings.queue.model_copy(update=overrides)))
             q = settings.queue
-            print(f"worker benchmark: {args.rounds} rounds x {args.events} jobs, {args.kind}, "
-                  f"max_jobs {q.max_jobs}, poll_delay {q.poll_delay_seconds} s, pool {settings.db.pool_max_size}, "
-                  f"catalogue {1 + args.catalog} neuron(s), {os.cpu_count()} cores")
+            print(
+                f"worker benchmark: {args.rounds} rounds x {args.events} jobs, {args.kind}, "
+                f"max_jobs {q.max_jobs}, poll_delay {q.poll_delay_seconds} s, pool {settings.db.pool_max_size}, "
+                f"catalogue {1 + args.catalog} neuron(s), {os.cpu_count()} cores"
+            )
             # Log as `aipt worker` does (JSON lines on stderr), but into a file.
             log_path = Path(tmp) / "worker.log"
             log_file = log_path.open("w")
@@ -210,8 +239,14 @@ async def main() -> None:
                     # No-op jobs, enqueued exactly as events are.
                     ids = [f"evt_noop_r{rnd}_{i:07d}" for i in range(args.events)]
                     await enqueue_all(redis, ids)
-                    r = await run_worker(settings, noop, Timings(), args.events, args.max_seconds,
-                                         args.py_spy and f"{args.py_spy}noop-r{rnd}.txt")
+                    r = await run_worker(
+                        settings,
+                        noop,
+                        Timings(),
+                        args.events,
+                        args.max_seconds,
+                        args.py_spy and f"{args.py_spy}noop-r{rnd}.txt",
+                    )
                     results["arq no-op job"].append(r)
                     print(fmt("arq no-op job", r, f"r{rnd}"))
 
@@ -222,14 +257,23 @@ async def main() -> None:
                         await conn.executemany(db.queries["insert_event"], rows)
                         await conn.execute("vacuum analyze public.stripe_events")
                     await enqueue_all(redis, [e["id"] for e in events])
-                    r = await run_worker(settings, consume_event, Timings(), args.events, args.max_seconds,
-                                         args.py_spy and f"{args.py_spy}consume-r{rnd}.txt")
+                    r = await run_worker(
+                        settings,
+                        consume_event,
+                        Timings(),
+                        args.events,
+                        args.max_seconds,
+                        args.py_spy and f"{args.py_spy}consume-r{rnd}.txt",
+                    )
                     results[f"consume ({args.kind})"].append(r)
                     print(fmt(f"consume ({args.kind})", r, f"r{rnd}"))
                     async with store.acquire() as conn:
-                        status = dict(await conn.fetch(
-                            "select status, count(*) from public.stripe_events where id like $1 group by status",
-                            f"evt_bench_w{rnd}_%"))
+                        status = dict(
+                            await conn.fetch(
+                                "select status, count(*) from public.stripe_events where id like $1 group by status",
+                                f"evt_bench_w{rnd}_%",
+                            )
+                        )
                     if status != {"ok": args.events} or r["outcomes"] != {"ok": args.events}:
                         print(f"   statuses after the round: {status}; job outcomes: {r['outcomes']}")
                 async with store.acquire() as conn:
@@ -244,8 +288,11 @@ async def main() -> None:
     print(f"-- summary: median rate of {args.rounds} rounds, job times pooled")
     summary = {}
     for name, rs in results.items():
-        s = dict(rate=common.median([r["rate"] for r in rs]), durations=[x for r in rs for x in r["durations"]],
-                 cpu={k: common.median([r["cpu"][k] for r in rs]) for k in rs[0]["cpu"]})
+        s = dict(
+            rate=common.median([r["rate"] for r in rs]),
+            durations=[x for r in rs for x in r["durations"]],
+            cpu={k: common.median([r["cpu"][k] for r in rs]) for k in rs[0]["cpu"]},
+        )
         summary[name] = s
         print(fmt(name, s, ""))
     noop_rate, consume = summary["arq no-op job"]["rate"], summary[f"consume ({args.kind})"]
@@ -253,24 +300,30 @@ async def main() -> None:
     def paired(over: str) -> tuple[float, list[float]]:
         """consume / `over`, round by round (each pair ran back to back), and their median: the host's
         speed drifts by tens of percent within a minute, a pair's two rounds see the same drift."""
-        rs = [c["rate"] / o["rate"] for c, o in zip(results[f"consume ({args.kind})"], results[over])]
+        rs = [c["rate"] / o["rate"] for c, o in zip(results[f"consume ({args.kind})"], results[over], strict=True)]
         return common.median(rs), rs
 
     ratio, per_round = paired("arq no-op job")
     stock_ratio, _ = paired(stock_noop)
     p50 = 1000 * common.pct(consume["durations"], 50)
-    print(f"  ratio consume / no-op: {100 * ratio:.0f}%, median of the rounds' "
-          f"{', '.join(f'{100 * x:.0f}' for x in per_round)}%  (target >= 50%)")
-    print(f"  consume / no-op with arq's own claim: {100 * stock_ratio:.0f}%  "
-          f"(the claim in one script: no-op x{noop_rate / summary[stock_noop]['rate']:.2f})")
+    print(
+        f"  ratio consume / no-op: {100 * ratio:.0f}%, median of the rounds' "
+        f"{', '.join(f'{100 * x:.0f}' for x in per_round)}%  (target >= 50%)"
+    )
+    print(
+        f"  consume / no-op with arq's own claim: {100 * stock_ratio:.0f}%  "
+        f"(the claim in one script: no-op x{noop_rate / summary[stock_noop]['rate']:.2f})"
+    )
     print(f"  consume job p50 {p50:.2f} ms (target < 5 ms), p99 {1000 * common.pct(consume['durations'], 99):.2f} ms")
     print(f"  purchases made: {purchases}; worker log lines: {log_lines}")
     busy = max(r["cpu"]["others"] for rs in results.values() for r in rs)
     if busy > 0.25:
         print(f"  WARNING: other work used up to {busy:.2f} cores during a round (noisy neighbour): run again")
-    print(f"RESULT consume {consume['rate']:.0f}/s, no-op {noop_rate:.0f}/s, ratio {100 * ratio:.0f}%, "
-          f"job p50 {p50:.2f} ms, p99 {1000 * common.pct(consume['durations'], 99):.2f} ms"
-          + ("  [noisy machine]" if busy > 0.25 else ""))
+    print(
+        f"RESULT consume {consume['rate']:.0f}/s, no-op {noop_rate:.0f}/s, ratio {100 * ratio:.0f}%, "
+        f"job p50 {p50:.2f} ms, p99 {1000 * common.pct(consume['durations'], 99):.2f} ms"
+        + ("  [noisy machine]" if busy > 0.25 else "")
+    )
 
 
 if __name__ == "__main__":

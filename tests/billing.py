@@ -23,8 +23,14 @@ async def seed_catalogue(conn: asyncpg.Connection) -> None:
 
 async def store(conn: asyncpg.Connection, event: dict) -> None:
     await conn.execute(
-        db.queries["insert_event"], event["id"], event["type"], event.get("api_version"), event["created"],
-        event.get("livemode", False), json.dumps(event), None,
+        db.queries["insert_event"],
+        event["id"],
+        event["type"],
+        event.get("api_version"),
+        event["created"],
+        event.get("livemode", False),
+        json.dumps(event),
+        None,
     )
 
 
@@ -45,16 +51,30 @@ async def status(conn: asyncpg.Connection, event_id: str) -> str:
 async def billing_state(conn: asyncpg.Connection) -> dict:
     """Every billing row that matters, without timestamps of our own, for comparing end states."""
     return {
-        "purchases": [dict(r) for r in await conn.fetch(
-            """select user_id::text, neuron_id::text, bundle_id::text, payment_intent_id, checkout_session_id, amount, currency
-               from public.user_purchases order by payment_intent_id, checkout_session_id""")],
-        "subscriptions": [dict(r) for r in await conn.fetch(
-            """select stripe_subscription_id, user_id::text, plan_tier, status, expires_at, cancel_at_period_end,
+        "purchases": [
+            dict(r)
+            for r in await conn.fetch(
+                """select user_id::text, neuron_id::text, bundle_id::text, payment_intent_id, checkout_session_id, amount, currency
+               from public.user_purchases order by payment_intent_id, checkout_session_id"""
+            )
+        ],
+        "subscriptions": [
+            dict(r)
+            for r in await conn.fetch(
+                """select stripe_subscription_id, user_id::text, plan_tier, status, expires_at, cancel_at_period_end,
                       last_event_created, ended_at is not null as ended
-               from public.user_subscriptions order by 1""")],
-        "invoices": [dict(r) for r in await conn.fetch(
-            """select id, subscription_id, customer_id, payment_intent_id, status, amount_due, amount_paid, currency,
-                      attempt_count from public.invoices order by id""")],
-        "customers": [dict(r) for r in await conn.fetch(
-            "select customer_id, user_id::text from public.stripe_customers order by 1")],
+               from public.user_subscriptions order by 1"""
+            )
+        ],
+        "invoices": [
+            dict(r)
+            for r in await conn.fetch(
+                """select id, subscription_id, customer_id, payment_intent_id, status, amount_due, amount_paid, currency,
+                      attempt_count from public.invoices order by id"""
+            )
+        ],
+        "customers": [
+            dict(r)
+            for r in await conn.fetch("select customer_id, user_id::text from public.stripe_customers order by 1")
+        ],
     }

@@ -8,7 +8,7 @@ import logging
 import uuid
 
 from aipt import queue
-from tests.conftest import wait_for
+from tests.servers import wait_for
 
 
 async def event(conn, status: str, received: float, processed: float | None = None, failure: dict | None = None) -> str:
@@ -22,7 +22,10 @@ async def event(conn, status: str, received: float, processed: float | None = No
         """insert into public.stripe_events (id, type, created, payload, status, received_at, processed_at)
            values ($1, 'invoice.payment_succeeded', 0, '{}', $2,
                    now() - make_interval(secs => $3::float8 * 86400), now() - make_interval(secs => $4::float8 * 86400))""",
-        event_id, status, received, processed,
+        event_id,
+        status,
+        received,
+        processed,
     )
     if failure is not None:
         await conn.execute(
@@ -31,7 +34,11 @@ async def event(conn, status: str, received: float, processed: float | None = No
                values ($1, 'invoice.payment_succeeded', 1, 3, now() + make_interval(mins => $2),
                        now() - make_interval(secs => $3::float8 * 86400), now() - make_interval(secs => $4::float8 * 86400),
                        now() - make_interval(secs => $5::float8 * 86400))""",
-            event_id, failure.get("retry_in"), failure.get("dead"), failure.get("resolved"), received,
+            event_id,
+            failure.get("retry_in"),
+            failure.get("dead"),
+            failure.get("resolved"),
+            received,
         )
     return event_id
 

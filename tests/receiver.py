@@ -17,7 +17,7 @@ class Receiver:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/alert"
 
-    async def start(self) -> "Receiver":
+    async def start(self) -> Receiver:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         return self
 
@@ -25,7 +25,12 @@ class Receiver:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             length = next(
-                (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                ),
+                0,
             )
             body = await reader.readexactly(length)
             fields = (line.decode().split(": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)

@@ -19,7 +19,9 @@ def claims_for(role: str, user_id: uuid.UUID | str | None = None, admin: bool = 
 
 
 @asynccontextmanager
-async def acting_as(conn: asyncpg.Connection, role: str, user_id=None, admin: bool = False, headers: dict | None = None):
+async def acting_as(
+    conn: asyncpg.Connection, role: str, user_id=None, admin: bool = False, headers: dict | None = None
+):
     """Run the block as `role` ('anon', 'authenticated', 'service_role') with that JWT, then roll back.
 
     The transaction is rolled back at the end so a test's writes as a role never leak; assert

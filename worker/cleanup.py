@@ -23,6 +23,10 @@ def _job(job: str):
 
 def schedules(settings: Settings) -> list[queue.Cron]:
     """A cron per job that is not off, daily at its time (the worker's local time)."""
-    return [queue.Cron(f"cleanup:{job}", _job(job), timeout=settings.queue.job_timeout_seconds,
-                       daily_at=settings.cleanup.at(job))
-            for job in CLEANUP_JOBS if settings.cleanup.at(job) is not None]
+    return [
+        queue.Cron(
+            f"cleanup:{job}", _job(job), timeout=settings.queue.job_timeout_seconds, daily_at=settings.cleanup.at(job)
+        )
+        for job in CLEANUP_JOBS
+        if settings.cleanup.at(job) is not None
+    ]

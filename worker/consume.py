@@ -16,7 +16,6 @@ from aipt import alerts, db, metrics, queue
 from aipt.logs import log
 from aipt.settings import Settings
 
-
 # What each outcome counts in the worker's tally (the heartbeat and `aipt status`).
 TALLY = {"ok": ("applied",), "skipped": ("applied",), "retry": ("failed",), "dead": ("failed", "dead")}
 
@@ -53,8 +52,12 @@ async def _consume(ctx: dict, event_id: str, rung_for: int | None) -> str:
     try:
         async with ctx["pool"].acquire() as conn:
             try:
-                row = await conn.fetchrow(db.queries["consume_due_event"], event_id,
-                                          settings.stripe.refuses(True), settings.stripe.refuses(False))
+                row = await conn.fetchrow(
+                    db.queries["consume_due_event"],
+                    event_id,
+                    settings.stripe.refuses(True),
+                    settings.stripe.refuses(False),
+                )
             except asyncpg.PostgresError as exc:
                 if isinstance(exc, db.UNAVAILABLE):
                     raise
@@ -63,8 +66,9 @@ async def _consume(ctx: dict, event_id: str, rung_for: int | None) -> str:
                 state = await conn.fetchrow(db.queries["event_state"], event_id)
     except db.UNAVAILABLE as exc:
         # Nothing was recorded: the row is untouched, so trying later is safe (the sweeper would too).
-        log.warning("database unavailable; job retried later", error=str(exc) or type(exc).__name__,
-                    duration_ms=_ms(started))
+        log.warning(
+            "database unavailable; job retried later", error=str(exc) or type(exc).__name__, duration_ms=_ms(started)
+        )
         raise queue.Defer(settings.retry.base_seconds or 1) from exc
     if row is None:
         if state is None:  # never stored, or gone with retention while a stale job waited
@@ -74,20 +78,32 @@ async def _consume(ctx: dict, event_id: str, rung_for: int | None) -> str:
             # This job is that retry, started by the worker's clock a little before Postgres' (arq rounds
             # to the millisecond; a database on another host has its own clock). Dropped, it would
             # wait for the sweeper; deferred by what Postgres says is left, it runs on time.
-            log.info("retry started early; deferred to its time", event_type=state["event_type"],
-                     retry_in_ms=round(state["retry_in"] * 1000, 2), duration_ms=_ms(started))
+            log.info(
+                "retry started early; deferred to its time",
+                event_type=state["event_type"],
+                retry_in_ms=round(state["retry_in"] * 1000, 2),
+                duration_ms=_ms(started),
+            )
             raise queue.Defer(max(state["retry_in"], 0))
-        log.info("event not due (done, dead, or its retry is later)", event_type=state["event_type"],
-                 status=state["status"], next_retry=state["next_retry"] and state["next_retry"].isoformat(),
-                 duration_ms=_ms(started))
+        log.info(
+            "event not due (done, dead, or its retry is later)",
+            event_type=state["event_type"],
+            status=state["status"],
+            next_retry=state["next_retry"] and state["next_retry"].isoformat(),
+            duration_ms=_ms(started),
+        )
         return "not_due"
     elapsed = time.perf_counter() - started
     _tally(ctx, row["outcome"], row["attempt"])
     metrics.EVENTS.labels(event_type=row["event_type"], outcome=row["outcome"]).inc()
     metrics.EVENT_SECONDS.observe(elapsed)
     metrics.EVENT_ATTEMPTS.observe(row["attempt"])
-    log.info("event " + row["outcome"], event_type=row["event_type"], attempt=row["attempt"],
-             duration_ms=round(elapsed * 1000, 2))
+    log.info(
+        "event " + row["outcome"],
+        event_type=row["event_type"],
+        attempt=row["attempt"],
+        duration_ms=round(elapsed * 1000, 2),
+    )
     return row["outcome"]
 
 
@@ -97,9 +113,16 @@ async def _failed(ctx: dict, conn: asyncpg.Connection, event_id: str, exc: Excep
     elapsed = time.perf_counter() - started
     error, r = str(exc), settings.retry
     try:
-        row = await conn.fetchrow(db.queries["fail_event"], event_id, error,
-                                  getattr(exc, "sqlstate", None) or type(exc).__name__,
-                                  r.attempts, r.base_seconds, r.factor, r.cap_seconds)
+        row = await conn.fetchrow(
+            db.queries["fail_event"],
+            event_id,
+            error,
+            getattr(exc, "sqlstate", None) or type(exc).__name__,
+            r.attempts,
+            r.base_seconds,
+            r.factor,
+            r.cap_seconds,
+        )
     except asyncpg.NoDataFoundError:
         log.error("event does not exist", error=error, duration_ms=_ms(started))
         return "missing"
@@ -115,19 +138,28 @@ async def _failed(ctx: dict, conn: asyncpg.Connection, event_id: str, exc: Excep
         if row["alert"]:
             _announce_death(settings, event_id, row, error, elapsed)
         return "dead"
-    log.warning("event failed; retry scheduled", error=error, next_retry=row["next_retry"].isoformat(),
-                duration_ms=round(elapsed * 1000, 2))
+    log.warning(
+        "event failed; retry scheduled",
+        error=error,
+        next_retry=row["next_retry"].isoformat(),
+        duration_ms=round(elapsed * 1000, 2),
+    )
     try:
         await queue.enqueue_event(ctx["redis"], event_id, row["attempt"] + 1, at=row["next_retry"])
-    except Exception as enqueue_exc:  # noqa: BLE001 - the sweeper picks up due retries from Postgres
+    except Exception as enqueue_exc:
         log.warning("retry not enqueued; the sweeper will pick it up", error=str(enqueue_exc), duration_ms=_ms(started))
     return "retry"
 
 
 def _announce_death(settings: Settings, event_id: str, row, error: str, elapsed: float) -> None:
     """Once per death (fail_stripe_event claimed it): the log line and the alert, and the threshold's."""
-    log.error("event dead: no more automatic attempts", error=error, attempts=row["attempt"],
-              dead_count=row["dead_count"], duration_ms=round(elapsed * 1000, 2))
+    log.error(
+        "event dead: no more automatic attempts",
+        error=error,
+        attempts=row["attempt"],
+        dead_count=row["dead_count"],
+        duration_ms=round(elapsed * 1000, 2),
+    )
     alerts.send(
         settings,
         f":rotating_light: Stripe event {event_id} ({row['event_type']}) is dead after "

@@ -37,7 +37,7 @@ async def keep_fresh(ctx: dict) -> None:
             if failing:
                 log.info("queue gauges refreshed again")
             failing = False
-        except Exception as exc:  # noqa: BLE001 - a metrics refresh must never stop the worker
+        except Exception as exc:
             if not failing:
                 log.warning("queue gauges not refreshed", error=str(exc) or type(exc).__name__)
             failing = True

@@ -22,8 +22,12 @@ def spec(settings: Settings) -> queue.WorkerSpec:
         ctx["pool"] = await db.create_pool(settings, min_size=0)
         metrics.register_worker()
         ctx["gauges"] = asyncio.get_running_loop().create_task(gauges.keep_fresh(ctx))
-        log.info("worker started", queue=settings.queue.name, max_jobs=settings.queue.max_jobs,
-                 loop=type(asyncio.get_running_loop()).__module__.partition(".")[0])
+        log.info(
+            "worker started",
+            queue=settings.queue.name,
+            max_jobs=settings.queue.max_jobs,
+            loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
+        )
 
     async def shutdown(ctx: dict) -> None:
         if "gauges" in ctx:

@@ -20,8 +20,9 @@ async def sweep(ctx: dict, slot=None) -> int:
     started = time.perf_counter()
     try:
         async with ctx["pool"].acquire() as conn:
-            rows = await conn.fetch(db.queries["due_events"], settings.sweeper.pending_after_seconds,
-                                    settings.sweeper.batch_size)
+            rows = await conn.fetch(
+                db.queries["due_events"], settings.sweeper.pending_after_seconds, settings.sweeper.batch_size
+            )
     except db.UNAVAILABLE as exc:
         # Postgres restarting or down: the next run (a minute away) sweeps what this one would have.
         log.warning("sweeper skipped: database unavailable", error=str(exc) or type(exc).__name__)
@@ -33,12 +34,23 @@ async def sweep(ctx: dict, slot=None) -> int:
     if rows:
         log.info("sweeper enqueued due events", due=len(rows), enqueued=enqueued, duration_ms=duration_ms)
     # For `aipt status`: a run every minute is too frequent for a table; Redis keeps the last one.
-    await queue.note_cron_run(ctx["redis"], "sweeper", at=dt.datetime.now(dt.UTC).isoformat(), due=len(rows),
-                              enqueued=enqueued, duration_ms=duration_ms)
+    await queue.note_cron_run(
+        ctx["redis"],
+        "sweeper",
+        at=dt.datetime.now(dt.UTC).isoformat(),
+        due=len(rows),
+        enqueued=enqueued,
+        duration_ms=duration_ms,
+    )
     return enqueued
 
 
 def schedule(settings: Settings) -> queue.Cron:
     """The sweep, every `sweeper.every_seconds`, also right at start-up."""
-    return queue.Cron("sweeper", sweep, timeout=settings.queue.job_timeout_seconds,
-                      every_seconds=settings.sweeper.every_seconds, at_startup=True)
+    return queue.Cron(
+        "sweeper",
+        sweep,
+        timeout=settings.queue.job_timeout_seconds,
+        every_seconds=settings.sweeper.every_seconds,
+        at_startup=True,
+    )

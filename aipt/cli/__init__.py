@@ -15,8 +15,8 @@ import typing
 # TYPER_USE_RICH=1 for the boxed one.
 os.environ.setdefault("TYPER_USE_RICH", "0")
 
-import typer  # noqa: E402
-import typer.core  # noqa: E402
+import typer
+import typer.core
 
 from aipt.cli import common
 
@@ -26,8 +26,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 def _value_name(self, ctx) -> str | None:
     """click's word for what an option takes (TEXT, INTEGER, [a|b], its metavar); none for a flag or an argument.
 
-    Typer 0.2x prints Python annotations instead (<str>, <bool>, <list[str]>); tests/test_cli_help.py
-    holds every command's help to this.
+    Typer 0.2x prints Python annotations instead (<str>, <bool>, <list[str]>);
+    tests/acceptance/test_operator_cli.py holds every command's help to this.
     """
     if isinstance(self, typer.core.TyperArgument) or getattr(self, "is_flag", False) or getattr(self, "count", False):
         return None  # an argument's name is its metavar, shown already; a flag takes no value
@@ -50,13 +50,17 @@ VERBOSE_FLAGS = ("-v", "--verbose")
 
 
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks on errors (anywhere on the line).")) -> None:
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks on errors (anywhere on the line)."),
+) -> None:
     common.state["verbose"] = common.state["verbose"] or verbose
 
 
 @app.command()
 def migrate(
-    check: bool = typer.Option(False, "--check", help="Say what a run would create, adopt, change or refuse; change nothing."),
+    check: bool = typer.Option(
+        False, "--check", help="Say what a run would create, adopt, change or refuse; change nothing."
+    ),
 ) -> None:
     """Apply new files of schema/ in order, all in one transaction (all or nothing)."""
 

@@ -41,7 +41,9 @@ async def _user_id(conn, who: str):
 def customers_map(
     customer: str = typer.Argument(..., metavar="CUS", help="The Stripe customer id (cus_...)."),
     user: str = typer.Argument(..., metavar="USER", help="The user's id, or their e-mail address."),
-    replace: bool = typer.Option(False, "--replace", help="The customer is mapped to another user: map it to this one."),
+    replace: bool = typer.Option(
+        False, "--replace", help="The customer is mapped to another user: map it to this one."
+    ),
 ) -> None:
     """Map a Stripe customer to a user (what a checkout naming both teaches); recorded with who did it."""
 
@@ -53,15 +55,22 @@ def customers_map(
         async with common.connection() as conn:
             user_id = await _user_id(conn, user)
             try:
-                result = await conn.fetchval(db.queries["map_customer"], customer, user_id, replace, operations.operator())
+                result = await conn.fetchval(
+                    db.queries["map_customer"], customer, user_id, replace, operations.operator()
+                )
             except asyncpg.PostgresError as exc:
                 raise common.CommandError(operations.refusal(exc)) from None
-        words = {"mapped": "mapped", "replaced": "mapped (replacing the previous user)", "unchanged": "was already mapped"}
+        words = {
+            "mapped": "mapped",
+            "replaced": "mapped (replacing the previous user)",
+            "unchanged": "was already mapped",
+        }
         common.console.print(f"{customer} {words[result]} → {user_id}", highlight=False)
         if result != "unchanged":
             common.console.print(
                 f"events that waited for it: aipt dlq list; then aipt dlq requeue ... (or aipt events list --customer {customer})",
-                highlight=False)
+                highlight=False,
+            )
 
     common.run(main)
 

@@ -76,8 +76,7 @@ def load_settings(dev_env: tuple[str, ...] = DEV_URLS):
 def not_running_hint(key: str) -> str:
     """What to say when a URL does not answer: if it came from `aipt dev`'s file, that dev has stopped."""
     if key in from_dev:
-        return (f" ({key} came from {dev_file()}: aipt dev is not running; start it with `aipt dev`, "
-                f"or set {key})")
+        return f" ({key} came from {dev_file()}: aipt dev is not running; start it with `aipt dev`, or set {key})"
     return ""
 
 

@@ -101,7 +101,10 @@ def soft_delete(
 def restore(target: list[str] = TARGET) -> None:
     """Bring soft-deleted content back, with the links its delete took down."""
     change(
-        target, {"neuron": "content_restore_neuron", "bundle": "content_restore_bundle"}, done="restored {kind} {id}", unchanged="{kind} {id} is not deleted: nothing changed"
+        target,
+        {"neuron": "content_restore_neuron", "bundle": "content_restore_bundle"},
+        done="restored {kind} {id}",
+        unchanged="{kind} {id} is not deleted: nothing changed",
     )
 
 
@@ -137,7 +140,9 @@ def history(target: list[str] = TARGET, as_json: bool = JSON) -> None:
 
 @app.command("list")
 def list_(
-    deleted: bool = typer.Option(False, "--deleted", help="Soft-deleted content instead, with when each may be hard-deleted."),
+    deleted: bool = typer.Option(
+        False, "--deleted", help="Soft-deleted content instead, with when each may be hard-deleted."
+    ),
     limit: int = typer.Option(200, "--limit", "-n", min=1, metavar="N"),
     as_json: bool = JSON,
 ) -> None:
@@ -151,5 +156,9 @@ def list_(
         drop = () if deleted else ("deleted_at", "deletion_reason", "hard_delete_from")
         return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
-    common.emit(common.run(main), as_json, title="deleted content" if deleted else "content",
-                empty="(no deleted content)" if deleted else "(no content)")
+    common.emit(
+        common.run(main),
+        as_json,
+        title="deleted content" if deleted else "content",
+        empty="(no deleted content)" if deleted else "(no content)",
+    )

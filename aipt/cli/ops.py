@@ -46,12 +46,19 @@ def _print_report(report: dict) -> None:
     table.add_row("redis", report["redis"])
     table.add_row("queue", f"{q['name']}: {'-' if q['depth'] is None else q['depth']} job(s) waiting")
     if workers["alive"]:
-        table.add_row("workers", f"alive: {workers['heartbeat']} (next heartbeat due within {workers['expires_in_seconds']:.0f} s)")
+        table.add_row(
+            "workers",
+            f"alive: {workers['heartbeat']} (next heartbeat due within {workers['expires_in_seconds']:.0f} s)",
+        )
     else:
-        table.add_row("workers", "unknown (Redis down)" if workers["alive"] is None else f"none alive (no {workers['key']})")
+        table.add_row(
+            "workers", "unknown (Redis down)" if workers["alive"] is None else f"none alive (no {workers['key']})"
+        )
     if workers.get("last_hour") is not None:
-        table.add_row("worker jobs, last hour", _counts(
-            {k: workers["last_hour"].get(k, 0) for k in ("applied", "failed", "retried", "dead")}))
+        table.add_row(
+            "worker jobs, last hour",
+            _counts({k: workers["last_hour"].get(k, 0) for k in ("applied", "failed", "retried", "dead")}),
+        )
     table.add_row("events, last hour", _counts(events["last_hour"]))
     table.add_row("events, last day", _counts(events["last_day"]))
     table.add_row("oldest pending", age(events["oldest_pending_seconds"]))
@@ -70,11 +77,19 @@ def _unconfigured(exc: Exception) -> dict:
     """The report when the settings themselves are wrong: still one JSON object for a monitor."""
     import datetime as dt
 
-    return {"checked_at": dt.datetime.now(dt.UTC).isoformat(), "healthy": False,
-            "attention": [f"configuration: {exc}"], "warnings": [], "postgres": "unknown", "redis": "unknown"}
+    return {
+        "checked_at": dt.datetime.now(dt.UTC).isoformat(),
+        "healthy": False,
+        "attention": [f"configuration: {exc}"],
+        "warnings": [],
+        "postgres": "unknown",
+        "redis": "unknown",
+    }
 
 
-def status(as_json: bool = typer.Option(False, "--json", help="The report as one JSON object (also when it cannot be made).")) -> None:
+def status(
+    as_json: bool = typer.Option(False, "--json", help="The report as one JSON object (also when it cannot be made)."),
+) -> None:
     """Queue, workers, events, dead letters and crons. Exit 0 when healthy, 1 when something needs attention."""
 
     async def main() -> dict:
@@ -103,8 +118,12 @@ def status(as_json: bool = typer.Option(False, "--json", help="The report as one
 
 def cleanup(
     dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be deleted now; delete nothing"),
-    jobs: list[Job] = typer.Option(None, "--job", metavar="JOB", help="Only this job (repeatable): " + ", ".join(CLEANUP_JOBS) + "."),
-    max_seconds: float = typer.Option(None, "--max-seconds", metavar="SECONDS", help="Start no new batch after this long (default: no limit)"),
+    jobs: list[Job] = typer.Option(
+        None, "--job", metavar="JOB", help="Only this job (repeatable): " + ", ".join(CLEANUP_JOBS) + "."
+    ),
+    max_seconds: float = typer.Option(
+        None, "--max-seconds", metavar="SECONDS", help="Start no new batch after this long (default: no limit)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (a list of objects, one per job)."),
 ) -> None:
     """Run the retention cleanups now, batch after batch, through the worker's SQL functions."""

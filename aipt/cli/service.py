@@ -13,7 +13,9 @@ DEV_SECRET = "whsec_aipt_local_development"
 
 
 def web(
-    dev: bool = typer.Option(False, "--dev", hidden=True, help="Started by `aipt dev`: 127.0.0.1, the development secret allowed."),
+    dev: bool = typer.Option(
+        False, "--dev", hidden=True, help="Started by `aipt dev`: 127.0.0.1, the development secret allowed."
+    ),
 ) -> None:
     """Serve the webhook endpoint (uvicorn, uvloop + httptools)."""
 
@@ -26,7 +28,8 @@ def web(
         if DEV_SECRET in s.webhook_secrets and not dev:
             raise common.CommandError(
                 "STRIPE_WEBHOOK_SECRET holds the public development secret of `aipt dev`: anyone could sign "
-                "events with it. Set the signing secret of your Stripe endpoint (whsec_..., in the dashboard).")
+                "events with it. Set the signing secret of your Stripe endpoint (whsec_..., in the dashboard)."
+            )
         runtime.run_web(s, host="127.0.0.1" if dev else None)
 
     common.run(main)
@@ -62,19 +65,25 @@ def _set(event: dict, assignment: str) -> None:
         last = i == len(keys) - 1
         if isinstance(node, list):
             if not key.isdigit() or int(key) >= len(node):
-                raise typer.BadParameter(f"{path}: {key!r} is not an index of a list of {len(node)}", param_hint="--set")
+                raise typer.BadParameter(
+                    f"{path}: {key!r} is not an index of a list of {len(node)}", param_hint="--set"
+                )
             key = int(key)
-        elif not isinstance(node, dict):
-            raise typer.BadParameter(f"{path}: {'.'.join(keys[:i])} is not an object", param_hint="--set")
         if last:
             node[key] = value
-        else:
-            if isinstance(node, dict) and not isinstance(node.get(key), (dict, list)):
-                node[key] = {}
-            node = node[key]
+            return
+        if isinstance(node, dict) and node.get(key) is None:
+            node[key] = {}  # a missing object is made, as stripe trigger --override does
+        node = node[key]
+        if not isinstance(node, (dict, list)):
+            raise typer.BadParameter(
+                f"{path}: {'.'.join(keys[: i + 1])} is {json.dumps(node)}, not an object", param_hint="--set"
+            )
 
 
-def test_event(event_type: str | None, api: str | None, payload: Path | None, overrides: list[str]) -> tuple[dict, list[str]]:
+def test_event(
+    event_type: str | None, api: str | None, payload: Path | None, overrides: list[str]
+) -> tuple[dict, list[str]]:
     """The event to send: a shipped fixture (a fresh id and time, demo gaps filled) or the payload file,
     with the --set overrides applied last. Returns it and what was filled."""
     import json
@@ -124,14 +133,24 @@ def _list_fixtures(as_json: bool) -> None:
 
 
 def send_test_event(
-    event_type: str = typer.Argument(None, metavar="[TYPE]", help="An event type, e.g. checkout.session.completed (see --list)."),
+    event_type: str = typer.Argument(
+        None, metavar="[TYPE]", help="An event type, e.g. checkout.session.completed (see --list)."
+    ),
     list_: bool = typer.Option(False, "--list", help="List the shipped fixtures (both API shapes) and exit."),
-    api: str = typer.Option(None, "--api", metavar="current|legacy", help="Which fixture set (default: current, else legacy)."),
-    overrides: list[str] = typer.Option(None, "--set", metavar="PATH=VALUE",
-                                        help="Override a field, like `stripe trigger --override` (repeatable): "
-                                             "data.object.customer=cus_X, or from the object: metadata.neuron_id=..."),
+    api: str = typer.Option(
+        None, "--api", metavar="current|legacy", help="Which fixture set (default: current, else legacy)."
+    ),
+    overrides: list[str] = typer.Option(
+        None,
+        "--set",
+        metavar="PATH=VALUE",
+        help="Override a field, like `stripe trigger --override` (repeatable): "
+        "data.object.customer=cus_X, or from the object: metadata.neuron_id=...",
+    ),
     payload: Path = typer.Option(None, "--payload", metavar="FILE", help="Send this event JSON instead of a fixture."),
-    url: str = typer.Option(None, envvar="AIPT_TEST_EVENT_URL", metavar="URL", help="Defaults to http://127.0.0.1:$PORT/webhooks/stripe"),
+    url: str = typer.Option(
+        None, envvar="AIPT_TEST_EVENT_URL", metavar="URL", help="Defaults to http://127.0.0.1:$PORT/webhooks/stripe"
+    ),
     wait: bool = typer.Option(False, "--wait", help="Wait until the worker has applied it and print the outcome."),
     timeout: float = typer.Option(30.0, "--timeout", metavar="SECONDS", help="How long --wait waits."),
     as_json: bool = typer.Option(False, "--json", help="With --list: JSON."),
@@ -159,7 +178,9 @@ def send_test_event(
         target = url or f"http://127.0.0.1:{s.port}/webhooks/stripe"
         async with httpx.AsyncClient(timeout=10) as client:
             try:
-                r = await client.post(target, content=body, headers={"Stripe-Signature": header, "Content-Type": "application/json"})
+                r = await client.post(
+                    target, content=body, headers={"Stripe-Signature": header, "Content-Type": "application/json"}
+                )
             except httpx.HTTPError as exc:
                 hint = " (is `aipt dev` or `aipt web` running?)" if url is None else ""
                 raise common.CommandError(f"cannot reach {target}: {exc or type(exc).__name__}{hint}") from None

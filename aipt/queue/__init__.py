@@ -28,7 +28,24 @@ from aipt.queue.jobs import Cron, Defer, WorkerSpec
 from aipt.queue.tally import Tally
 
 __all__ = [
-    "CONSUME", "Cron", "Defer", "Doorbell", "Tally", "WorkerSpec", "add_counts", "claim_seconds", "close", "connect",
-    "counts_last_hour", "enqueue_event", "enqueue_first_attempts", "health_check_key", "heartbeat", "job_id",
-    "last_cron_run", "note_cron_run", "queue_depth", "ring_now",
+    "CONSUME",
+    "Cron",
+    "Defer",
+    "Doorbell",
+    "Tally",
+    "WorkerSpec",
+    "add_counts",
+    "claim_seconds",
+    "close",
+    "connect",
+    "counts_last_hour",
+    "enqueue_event",
+    "enqueue_first_attempts",
+    "health_check_key",
+    "heartbeat",
+    "job_id",
+    "last_cron_run",
+    "note_cron_run",
+    "queue_depth",
+    "ring_now",
 ]

@@ -191,7 +191,7 @@ class Doorbell:
                 batch, self._ids = self._ids[: self.max_batch], self._ids[self.max_batch :]
                 try:
                     await enqueue_first_attempts(self.redis, batch)
-                except Exception as exc:  # noqa: BLE001 - the sweeper enqueues pending rows
+                except Exception as exc:
                     metrics.ENQUEUE_FAILURES.inc(len(batch))
                     log.warning("enqueue failed; the sweeper will pick them up", event_ids=batch, error=str(exc))
 

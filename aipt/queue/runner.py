@@ -63,7 +63,9 @@ def _not_a_consume_job_line(record: logging.LogRecord) -> bool:
     """Drops arq's two INFO lines per consume job: the job writes its own line with the event id, outcome
     and duration, and arq's pair cost ~12% of a worker's throughput. Cron jobs, retries and aborts keep
     arq's lines."""
-    return not (record.levelno == logging.INFO and record.msg in JOB_LINES and str(record.args[1]).startswith(JOB_PREFIX))
+    return not (
+        record.levelno == logging.INFO and record.msg in JOB_LINES and str(record.args[1]).startswith(JOB_PREFIX)
+    )
 
 
 def cron_slot(job_id: str | None) -> dt.datetime | None:
@@ -94,7 +96,11 @@ def _cron(c: Cron):
     run.__qualname__ = run.__name__ = c.name.replace(":", "_")
     if c.every_seconds is not None:
         every = c.every_seconds
-        when = dict(second=set(range(0, 60, every))) if every < 60 else dict(minute=set(range(0, 60, every // 60)), second={0})
+        when = (
+            dict(second=set(range(0, 60, every)))
+            if every < 60
+            else dict(minute=set(range(0, 60, every // 60)), second={0})
+        )
     else:
         hour, minute = c.daily_at
         when = dict(hour={hour}, minute={minute}, second={0})
@@ -152,8 +158,9 @@ class Worker(ArqWorker):
             self.job_counter += 1
             job_id = job_id_b.decode()
             try:
-                score = await claim(keys=[in_progress_key_prefix + job_id, self.queue_name],
-                                    args=[job_id, timestamp_ms(), timeout_ms])
+                score = await claim(
+                    keys=[in_progress_key_prefix + job_id, self.queue_name], args=[job_id, timestamp_ms(), timeout_ms]
+                )
             except BaseException:  # Redis failed, or we were cancelled: give the slot back (arq's own leaks it)
                 self._release_sem_dec_counter_on_complete()
                 raise
@@ -176,8 +183,11 @@ class Worker(ArqWorker):
         counts = tally.last_hour() if tally else {}
         ongoing = sum(not t.done() for t in self.tasks.values())
         queued = await self.pool.zcard(self.queue_name)
-        info = (f"{dt.datetime.now():%b-%d %H:%M:%S} last hour: "
-                + " ".join(f"{k}={v}" for k, v in counts.items()) + f" ongoing={ongoing} queued={queued}")
+        info = (
+            f"{dt.datetime.now():%b-%d %H:%M:%S} last hour: "
+            + " ".join(f"{k}={v}" for k, v in counts.items())
+            + f" ongoing={ongoing} queued={queued}"
+        )
         await self.pool.psetex(self.health_check_key, int((self.health_check_interval + 1) * 1000), info.encode())
         if tally:
             unsent = tally.take_unsent()
@@ -207,7 +217,7 @@ def build(settings: Settings, spec: WorkerSpec, **overrides) -> Worker:
             await spec.on_shutdown(ctx)
         try:  # the last minutes' counts; Redis gone at shutdown loses only those
             await add_counts(ctx["redis"], ctx["tally"].take_unsent())
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.info("the last counts were not sent: redis unavailable")
 
     q = settings.queue
