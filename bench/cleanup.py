@@ -14,7 +14,7 @@ from --clients concurrent httpx clients, without pause:
   1. warm-up (500 requests, not measured);
   2. then, alternately, a quiet segment (--segment seconds of load, nothing else running) and a
      cleanup segment (the same load while a cleanup process runs the worker's own code,
-     worker.cleanup.run(..., "stripe_events", max_seconds=--segment), one recorded run per segment),
+     aipt.retention.run(..., "stripe_events", max_seconds=--segment), one recorded run per segment),
      until everything expired is deleted.
 
 Alternating makes the comparison fair on a shared machine: whatever else slows it down lands on
@@ -135,17 +135,16 @@ class Load:
             self.latencies[phase].append(elapsed)
 
 
-# The cleanup side: a process of its own running the worker's code, one time-limited run per line read.
+# The cleanup side: a process of its own running the worker's retention runs, one time-limited run per line read.
 CLEANER = """
 import asyncio, json, sys
-from aipt import logs, settings
-from worker import cleanup
+from aipt import logs, retention, settings
 
 async def main():
     s = settings.load()
     logs.configure(s.log_format, s.log_level)  # to stderr: stdout carries the outcomes
     for line in sys.stdin:
-        outcome = await cleanup.run(s, "stripe_events", run_by="bench", max_seconds=float(line))
+        outcome = await retention.run(s, "stripe_events", run_by="bench", max_seconds=float(line))
         print(json.dumps(outcome.as_dict()), flush=True)
 
 asyncio.run(main())

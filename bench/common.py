@@ -36,7 +36,7 @@ ADMIN_URL = os.environ.get(
     "BENCH_ADMIN_URL", os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 )
 REDIS_SERVER = os.environ.get("BENCH_REDIS_SERVER", "redis://127.0.0.1:6379")
-# The key the test suite uses to claim a Redis db (tests/conftest.py): holding it keeps test runs off ours.
+# The key the test suite uses to claim a Redis db (tests/servers.py): holding it keeps test runs off ours.
 REDIS_CLAIM_KEY = "aipt:test:owner"
 SECRET = "whsec_bench_secret"
 DEMO_NEURON = "17ea841a-9ee1-4f9e-87e6-a1f2dbc1edd3"
