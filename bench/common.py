@@ -39,6 +39,20 @@ REDIS_SERVER = os.environ.get("BENCH_REDIS_SERVER", "redis://127.0.0.1:6379")
 # The key the test suite uses to claim a Redis db (tests/servers.py): holding it keeps test runs off ours.
 REDIS_CLAIM_KEY = "aipt:test:owner"
 SECRET = "whsec_bench_secret"
+
+
+def add_scratch_arguments(parser) -> None:
+    """The options every benchmark on a scratch database takes: --extra-sql and --redis-db."""
+    parser.add_argument(
+        "--extra-sql",
+        metavar="FILE",
+        action="append",
+        type=Path,
+        help="SQL run on the scratch database after the migrations (a candidate fix); repeatable",
+    )
+    parser.add_argument("--redis-db", type=int, default=14, help="preferred empty Redis db (default 14)")
+
+
 DEMO_NEURON = "17ea841a-9ee1-4f9e-87e6-a1f2dbc1edd3"
 
 

@@ -499,14 +499,7 @@ async def main() -> None:
     parser.add_argument(
         "--py-spy", metavar="PREFIX", help="record the server with py-spy into PREFIX<mode>.txt (collapsed stacks)"
     )
-    parser.add_argument(
-        "--extra-sql",
-        metavar="FILE",
-        action="append",
-        type=Path,
-        help="SQL run on the scratch database after the migrations (a candidate fix); repeatable",
-    )
-    parser.add_argument("--redis-db", type=int, default=14, help="preferred empty Redis db (default 14)")
+    common.add_scratch_arguments(parser)
     args = parser.parse_args()
     from aipt import settings as settings_mod
 
