@@ -71,9 +71,7 @@ async def retry(conn, redis, event_id: str, by: str, warn: Callable[[str], None]
 
 async def replay(conn, redis, event_id: str, by: str, warn: Callable[[str], None] = lambda _: None) -> int:
     """An applied (or skipped) event is applied once more from its payload; returns the attempt number."""
-    async with conn.transaction():
-        await _call(conn, db.queries["replay_event"], event_id, by)
-        attempt = (await conn.fetchrow(db.queries["event_attempt"], event_id))["attempt"]
+    attempt = await _call(conn, db.queries["replay_event"], event_id, by)
     await _ring(redis, event_id, attempt, warn)
     return attempt
 

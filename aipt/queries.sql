@@ -29,13 +29,6 @@ from public.fail_stripe_event(
   p_event_id => $1, p_error => $2, p_error_code => $3,
   p_max_attempts => $4, p_base_seconds => $5, p_factor => $6, p_cap_seconds => $7)
 
--- event_attempt --
--- The attempt number the next run of an event will be.
-select coalesce(f.failure_count, 0) + 1 as attempt, e.type as event_type
-from public.stripe_events e
-left join public.webhook_failures f on f.event_id = e.id
-where e.id = $1
-
 -- due_events --
 -- What the sweeper enqueues: pending rows older than the grace period, and retries now due.
 (select e.id as event_id, 1 as attempt
@@ -133,6 +126,7 @@ select public.retry_stripe_event(p_event_id => $1, p_by => $2)
 
 -- replay_event --
 -- Make an applied or skipped event pending again (recorded as done by $2); the worker applies it once more.
+-- Returns the attempt number the replay will be.
 select public.replay_stripe_event(p_event_id => $1, p_by => $2)
 
 -- discard_event --

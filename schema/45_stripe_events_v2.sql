@@ -12,7 +12,8 @@
 -- The deployed API keeps its signatures, argument names included (PostgREST
 -- calls by name), and its return types:
 --   consume_stripe_event(p_id text, p_type text, p_payload jsonb) returns boolean
---   reprocess_stripe_event(p_id text) returns boolean
+--   reprocess_stripe_event(p_id text) returns boolean (80_operator_actions.sql,
+--   with the operators' other functions)
 -- The worker calls apply_stripe_event(), which says what happened.
 --
 -- Checkout sessions and payment intents name their buyer as the web app and
@@ -118,7 +119,9 @@ begin
   end if;
   if v_user is null then
     raise exception 'user not known yet for customer %', coalesce(v_customer, '(none)')
-      using errcode = 'PT001', hint = 'a checkout.session.completed naming this customer teaches the mapping';
+      using errcode = 'PT001',
+            hint = format('map it: aipt customers map %s USER (SQL: map_stripe_customer), then aipt dlq requeue; '
+                          'a checkout.session.completed naming both teaches it too', coalesce(v_customer, 'CUS'));
   end if;
   return v_user;
 end;
@@ -310,7 +313,8 @@ begin
   select * into v_plan from public.stripe_plan_for_price(v_price);
   if v_plan.plan_id is null and not v_deleted then
     raise exception 'unknown price % (no plan maps it to a tier)', coalesce(v_price, '(none)') using errcode = 'PT002',
-      hint = 'add a plan with that stripe_price_id, then requeue the event';
+      hint = format('add a plan for it: aipt plans add %s TIER (SQL: add_plan_price), then aipt dlq requeue',
+                    coalesce(v_price, 'PRICE'));
   end if;
 
   insert into public.user_subscriptions as s
@@ -412,16 +416,13 @@ grant execute on function public.apply_stripe_event(text, text, jsonb) to servic
 -- -----------------------------------------------------------------------------
 -- The deployed API. Dropped and created again: the first version named the
 -- arguments otherwise and returned text, which CREATE OR REPLACE cannot change.
+-- (reprocess_stripe_event likewise, in 80_operator_actions.sql.)
 -- -----------------------------------------------------------------------------
 do $$
 begin
   if (select prorettype from pg_catalog.pg_proc
       where oid = to_regprocedure('public.consume_stripe_event(text, text, jsonb)')) = 'text'::regtype then
     drop function public.consume_stripe_event(text, text, jsonb);
-  end if;
-  if (select prorettype from pg_catalog.pg_proc
-      where oid = to_regprocedure('public.reprocess_stripe_event(text)')) = 'text'::regtype then
-    drop function public.reprocess_stripe_event(text);
   end if;
 end
 $$;
@@ -530,100 +531,6 @@ grant execute on function public.record_stripe_event_failure(text, text, text, i
 
 -- claim_dead_alert (18_stripe_events_dlq.sql) now runs as the owner too.
 alter function public.claim_dead_alert(text) security definer;
-
--- =============================================================================
--- requeue_stripe_event: an operator gives a dead event one more attempt now
--- Keeps the history; raises (and changes nothing) for an event that does not
--- exist or is not dead. Returns the attempt number the retry will be.
--- SECURITY DEFINER so an admin JWT (through PostgREST) can run it without
--- write grants on the tables; the is_admin() check is the gate.
--- =============================================================================
-create or replace function public.requeue_stripe_event(p_event_id text)
-returns integer
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_failure public.webhook_failures;
-  v_status text;
-begin
-  if not public.is_admin() then
-    raise exception 'only admins may requeue events' using errcode = '42501';
-  end if;
-  select e.status into v_status from public.stripe_events e where e.id = p_event_id for update;
-  if v_status is null then
-    raise exception 'no stripe event %', p_event_id using errcode = 'P0002';
-  end if;
-  select * into v_failure from public.webhook_failures f where f.event_id = p_event_id;
-  if v_status <> 'error' or v_failure.next_retry is not null or v_failure.id is null then
-    raise exception 'event % is not dead (status %, %)', p_event_id, v_status,
-      case when v_failure.next_retry is not null then 'retry due ' || v_failure.next_retry::text else 'no failure' end
-      using errcode = 'PT003';
-  end if;
-  update public.webhook_failures f
-     set max_retries = f.failure_count + 1,
-         next_retry = now(),
-         dead_at = null,
-         permanent = false
-   where f.event_id = p_event_id;
-  return v_failure.failure_count + 1;
-end;
-$$;
-
-comment on function public.requeue_stripe_event(text) is
-  'Admin: makes a dead event due for one more attempt now (the sweeper or the CLI enqueues it).';
-revoke all on function public.requeue_stripe_event(text) from public, anon, authenticated, service_role;
-grant execute on function public.requeue_stripe_event(text) to authenticated, service_role;
-
--- =============================================================================
--- reprocess_stripe_event: run an event again from its stored payload, now
--- For psql and the deployed API: applies it in this session; a failure is
--- recorded (the event stays dead, with the new error in its history) instead
--- of raised. True when it applied the event now; false when it failed (see
--- webhook_failures) or was applied before (a notice says which).
--- SECURITY DEFINER for the same reason as requeue_stripe_event.
--- =============================================================================
-create or replace function public.reprocess_stripe_event(p_id text)
-returns boolean
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_event public.stripe_events;
-  v_result text;
-  v_message text;
-  v_code text;
-begin
-  if not public.is_admin() then
-    raise exception 'only admins may reprocess events' using errcode = '42501';
-  end if;
-  select * into v_event from public.stripe_events e where e.id = p_id;
-  if v_event.id is null then
-    raise exception 'no stripe event %', p_id using errcode = 'P0002';
-  end if;
-  begin
-    v_result := public.apply_stripe_event(v_event.id, v_event.type, v_event.payload);
-  exception when others then
-    get stacked diagnostics v_message = message_text, v_code = returned_sqlstate;
-    update public.webhook_failures f set max_retries = f.failure_count + 1 where f.event_id = p_id;
-    perform public.record_stripe_event_failure(p_id, v_message, v_code, 1);
-    raise notice 'event % failed again: %', p_id, v_message;
-    return false;
-  end;
-  if v_result = 'duplicate' then
-    raise notice 'event % was applied before: nothing to do', p_id;
-    return false;
-  end if;
-  return true;
-end;
-$$;
-
-comment on function public.reprocess_stripe_event(text) is
-  'Admin: applies a stored event again now; true when it did, false (failure recorded) when it failed or was done.';
-revoke all on function public.reprocess_stripe_event(text) from public, anon, authenticated, service_role;
-grant execute on function public.reprocess_stripe_event(text) to authenticated, service_role;
 
 -- -----------------------------------------------------------------------------
 -- The deployed 18's handlers, where they exist, keep their signatures and do

@@ -12,7 +12,7 @@
 --   replay_stripe_event(id)           an applied (or skipped) event is applied
 --                                     again from its payload (idempotent: the
 --                                     appliers upsert), like `stripe events resend`
---   reprocess_stripe_event(id)        (45) applies an event in this session
+--   reprocess_stripe_event(id)        applies an event in this session
 -- stripe_event_state() names what an event is: pending, ok, skipped,
 -- retrying, dead or discarded.
 -- and, to fix a cause without writing tables by hand:
@@ -141,7 +141,7 @@ revoke all on function public._record_action(text, text, text, text, jsonb) from
 -- requeue_stripe_event: a dead event gets one more attempt now
 -- Keeps the history; raises (and changes nothing) for an event that does not
 -- exist or is not dead. Returns the attempt number the retry will be.
--- (Was requeue_stripe_event(p_event_id); calls with one argument still work.)
+-- (18 had requeue_stripe_event(p_event_id); calls with one argument still work.)
 -- SECURITY DEFINER so an admin JWT can run it without write grants; the
 -- admin check is the gate.
 -- =============================================================================
@@ -275,9 +275,10 @@ grant execute on function public.discard_stripe_event(text, text, text) to authe
 -- Makes it pending, so the worker applies it from its payload; the appliers
 -- are idempotent (a purchase per payment intent, a subscription's newest
 -- state), so a replay repairs what a hand edit broke and changes nothing else.
+-- Returns the attempt number the replay will be, as requeue and retry do.
 -- =============================================================================
 create or replace function public.replay_stripe_event(p_event_id text, p_by text default null)
-returns text
+returns integer
 language plpgsql
 security definer
 set search_path = ''
@@ -299,12 +300,12 @@ begin
      set status = 'pending', processed_at = null, error = null, discarded_at = null
    where e.id = p_event_id;
   perform public._record_action(p_event_id, 'replay', v_actor, null, jsonb_build_object('was', v_status));
-  return 'pending';
+  return coalesce((select f.failure_count from public.webhook_failures f where f.event_id = p_event_id), 0) + 1;
 end;
 $$;
 
 comment on function public.replay_stripe_event(text, text) is
-  'Admin: makes an applied or skipped event pending again so the worker applies it once more (idempotent; recorded).';
+  'Admin: makes an applied or skipped event pending again so the worker applies it once more (idempotent; recorded); returns that attempt''s number.';
 revoke all on function public.replay_stripe_event(text, text) from public, anon, authenticated, service_role;
 grant execute on function public.replay_stripe_event(text, text) to authenticated, service_role;
 
@@ -404,7 +405,24 @@ comment on function public.add_plan_price(text, integer, text, text) is
 revoke all on function public.add_plan_price(text, integer, text, text) from public, anon, authenticated, service_role;
 grant execute on function public.add_plan_price(text, integer, text, text) to authenticated, service_role;
 
--- reprocess_stripe_event (45) records itself too: it is an operator's action.
+-- =============================================================================
+-- reprocess_stripe_event: run an event again from its stored payload, now
+-- For psql and the deployed API: applies it in this session; a failure is
+-- recorded (the event stays dead, with the new error in its history) instead
+-- of raised. True when it applied the event now; false when it failed (see
+-- webhook_failures) or was applied before (a notice says which). Recorded as
+-- an operator's action. The first version (18) named its argument otherwise
+-- and returned text, which CREATE OR REPLACE cannot change: dropped first.
+-- =============================================================================
+do $$
+begin
+  if (select prorettype from pg_catalog.pg_proc
+      where oid = to_regprocedure('public.reprocess_stripe_event(text)')) = 'text'::regtype then
+    drop function public.reprocess_stripe_event(text);
+  end if;
+end
+$$;
+
 create or replace function public.reprocess_stripe_event(p_id text)
 returns boolean
 language plpgsql
