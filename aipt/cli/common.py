@@ -73,11 +73,17 @@ def load_settings(dev_env: tuple[str, ...] = DEV_URLS):
     return s
 
 
-def not_running_hint(key: str) -> str:
-    """What to say when a URL does not answer: if it came from `aipt dev`'s file, that dev has stopped."""
+def dev_not_running(key: str) -> str | None:
+    """What to say when a URL does not answer and it came from `aipt dev`'s file: that dev has stopped."""
     if key in from_dev:
-        return f" ({key} came from {dev_file()}: aipt dev is not running; start it with `aipt dev`, or set {key})"
-    return ""
+        return f"{key} came from {dev_file()}: aipt dev is not running; start it with `aipt dev`, or set {key}"
+    return None
+
+
+def not_running_hint(key: str) -> str:
+    """dev_not_running's sentence in parentheses, to follow an error; empty when the URL is not dev's."""
+    sentence = dev_not_running(key)
+    return f" ({sentence})" if sentence else ""
 
 
 @asynccontextmanager

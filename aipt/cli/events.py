@@ -28,11 +28,14 @@ TIMEOUT = typer.Option(60.0, "--timeout", metavar="SECONDS", help="How long --wa
 YES = typer.Option(False, "--yes", "-y", help="Do not ask before acting on --all.")
 
 
+DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")
+
+
 def seconds(duration: str | None) -> float | None:
     """'90s', '15m', '2h', '7d', '1w' → seconds."""
     if duration is None:
         return None
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", duration)
+    match = DURATION.fullmatch(duration)
     if not match:
         raise typer.BadParameter(f"{duration!r} is not a duration like 90s, 15m, 2h, 7d")
     return float(match.group(1)) * UNITS[match.group(2)]
@@ -44,7 +47,7 @@ def moment(value: str | None):
 
     if value is None:
         return None
-    if re.fullmatch(r"\s*\d+(?:\.\d+)?\s*[smhdw]\s*", value):
+    if DURATION.fullmatch(value):
         return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds(value))
     try:
         parsed = dt.datetime.fromisoformat(value.strip())

@@ -103,8 +103,8 @@ def status(
             return _unconfigured(exc)
         report = await health.gather(s)
         for side, key in (("postgres", "DATABASE_URL"), ("redis", "REDIS_URL")):
-            if report[side] != "ok" and common.not_running_hint(key):
-                report["attention"].append(common.not_running_hint(key).strip(" ()"))
+            if report[side] != "ok" and (sentence := common.dev_not_running(key)):
+                report["attention"].append(sentence)
         return report
 
     report = common.run(main)

@@ -115,17 +115,6 @@ def test_event(
     return event, filled
 
 
-def signed_test_event(event_type: str, api: str | None, secret: str) -> tuple[dict, str, str]:
-    """A shipped fixture with a fresh id and timestamp, and its Stripe-Signature header."""
-    import json
-
-    import stripe
-
-    event, _ = test_event(event_type, api, None, [])
-    body = json.dumps(event)
-    return event, body, stripe.WebhookSignature.generate_signature_header(body, secret)
-
-
 def _list_fixtures(as_json: bool) -> None:
     from aipt import fixtures
 
